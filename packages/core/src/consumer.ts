@@ -6,7 +6,7 @@ import type { AttemptError, Delivery, HospitalReason, HospitalRecord } from './d
 import { describeZodError, type Envelope, type JsonValue } from './envelope.js';
 import { LadingError, toErrorRecord } from './errors.js';
 import type { Queue } from './queue.js';
-import { backoffDelay, type TopicPolicy } from './topic.js';
+import { BackoffSchema, backoffDelay, type TopicPolicy } from './topic.js';
 
 /** Throw from a handler to send the message straight to the hospital as `invalid` (no retries). */
 export class InvalidMessageError extends Error {
@@ -285,14 +285,27 @@ export class Consumer<T = unknown> extends EventEmitter {
       return void (await this.admit(d, 'invalid', e)); // the claim-check payload is gone: a case for a human
     }
     const error = this.attemptError(d, e);
-    if (e instanceof UnrecoverableError || d.attempt + 1 >= this.policy.maxAttempts) {
+    const { maxAttempts, backoff } = this.retryPolicy(d);
+    if (e instanceof UnrecoverableError || d.attempt + 1 >= maxAttempts) {
       return void (await this.admit(d, 'failed', e));
     }
-    const delayMs = backoffDelay(this.policy.backoff, d.attempt + 1);
+    const delayMs = backoffDelay(backoff, d.attempt + 1);
     if (await this.queue.driver.retry(d, { delayMs, error, checkpoint: entry.checkpoint })) {
       this.counts.retried++;
       this.emit('retry', { id: d.id, attempt: d.attempt, delayMs, error });
     }
+  }
+
+  /** The topic's retry policy, unless the message carries its own (like BullMQ's per-job attempts/backoff). */
+  private retryPolicy(d: Delivery): Pick<TopicPolicy, 'maxAttempts' | 'backoff'> {
+    const h = d.envelope?.headers ?? {};
+    const maxAttempts = Number(h['lading-max-attempts']) || this.policy.maxAttempts;
+    let backoff = this.policy.backoff;
+    if (h['lading-backoff']) {
+      const parsed = BackoffSchema.safeParse(safeJson(h['lading-backoff']));
+      if (parsed.success) backoff = parsed.data;
+    }
+    return { maxAttempts, backoff };
   }
 
   private attemptError(d: Delivery, e: unknown): AttemptError {
@@ -342,5 +355,13 @@ export class Consumer<T = unknown> extends EventEmitter {
       this.emit('closed');
     })();
     return this.closing;
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
   }
 }

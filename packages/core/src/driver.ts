@@ -143,6 +143,7 @@ export interface QueueDriver {
   releasedPayloads(limit: number): Promise<string[]>;
   confirmPayloadsDeleted(uris: string[]): Promise<void>;
 
-  stats(topic?: string): Promise<GroupStats[]>;
+  /** Per-group counts; with `job`, only that runner job's messages (header `lading-job`). */
+  stats(topic?: string, options?: { job?: string; group?: string }): Promise<GroupStats[]>;
   close(): Promise<void>;
 }

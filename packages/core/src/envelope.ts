@@ -36,7 +36,8 @@ export const EnvelopeSchema = z
     topic: TopicNameSchema,
     key: z.string().max(1024).optional(),
     type: z.string().max(256).optional(),
-    body: z.json().optional(),
+    /** Any JSON value (checked by serialising it on publish). */
+    body: z.unknown().optional(),
     ref: ClaimCheckRefSchema.optional(),
     headers: z.record(z.string(), z.string()).default({}),
     /** How many times this message has been handed to a handler before (0 on first delivery). */

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS messages(
 CREATE INDEX IF NOT EXISTS messages_topic ON messages(topic, seq);
 CREATE INDEX IF NOT EXISTS messages_payload ON messages(payload) WHERE payload IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_unref ON messages(published_at) WHERE refs <= 0;
+CREATE INDEX IF NOT EXISTS messages_job ON messages(job) WHERE job IS NOT NULL;
 CREATE TABLE IF NOT EXISTS published(topic TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY(topic, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS published_at ON published(at);
 CREATE TABLE IF NOT EXISTS deliveries(
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS hospital(
   admitted_at INTEGER NOT NULL, resolved_at INTEGER, resolution TEXT);
 CREATE INDEX IF NOT EXISTS hospital_state ON hospital(state, topic);
 CREATE INDEX IF NOT EXISTS hospital_id ON hospital(id);
+CREATE INDEX IF NOT EXISTS hospital_job ON hospital(job) WHERE job IS NOT NULL;
 CREATE TABLE IF NOT EXISTS released_payloads(uri TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
 `;
 
@@ -549,16 +551,20 @@ export class SqliteQueueDriver implements QueueDriver {
     await this.write(false, () => { for (const u of uris) this.stmt.confirmPayload.run(u); });
   }
 
-  async stats(topic?: string): Promise<GroupStats[]> {
+  async stats(topic?: string, options: { job?: string; group?: string } = {}): Promise<GroupStats[]> {
     const now = Date.now();
-    const rows = this.db.prepare<{ now: number; topic: string | null }, GroupStats>(`
+    // With a job, count only that job's messages (messages.job is the `lading-job` header).
+    const jobJoin = options.job ? 'JOIN messages m ON m.seq = d.seq AND m.job = @job' : '';
+    const jobWhere = options.job ? 'AND h.job = @job' : '';
+    const count = (cond: string) => `(SELECT count(*) FROM deliveries d ${jobJoin} WHERE d.topic = g.topic AND d.grp = g.name AND ${cond})`;
+    return this.db.prepare<Record<string, unknown>, GroupStats>(`
       SELECT g.topic AS topic, g.name AS "group",
-        (SELECT count(*) FROM deliveries d WHERE d.topic = g.topic AND d.grp = g.name AND d.visible_at <= @now) AS ready,
-        (SELECT count(*) FROM deliveries d WHERE d.topic = g.topic AND d.grp = g.name AND d.state = 0 AND d.visible_at > @now) AS delayed,
-        (SELECT count(*) FROM deliveries d WHERE d.topic = g.topic AND d.grp = g.name AND d.state = 1 AND d.visible_at > @now) AS leased,
-        (SELECT count(*) FROM hospital h WHERE h.topic = g.topic AND h.grp = g.name AND h.state = 'open') AS hospital
-      FROM groups g WHERE @topic IS NULL OR g.topic = @topic ORDER BY g.topic, g.name`).all({ now, topic: topic ?? null });
-    return rows;
+        ${count('d.visible_at <= @now')} AS ready,
+        ${count('d.state = 0 AND d.visible_at > @now')} AS delayed,
+        ${count('d.state = 1 AND d.visible_at > @now')} AS leased,
+        (SELECT count(*) FROM hospital h WHERE h.topic = g.topic AND h.grp = g.name AND h.state = 'open' ${jobWhere}) AS hospital
+      FROM groups g WHERE (@topic IS NULL OR g.topic = @topic) AND (@grp IS NULL OR g.name = @grp)
+      ORDER BY g.topic, g.name`).all({ now, topic: topic ?? null, grp: options.group ?? null, ...(options.job ? { job: options.job } : {}) });
   }
 
   async close(): Promise<void> {
