@@ -13,6 +13,8 @@ export interface KafkaMockOptions {
   defaultPartitions?: number;
   /** Fixed port for broker 1; broker i gets port + i - 1. Default: random free ports. */
   port?: number;
+  /** Extra mock-broker flags, e.g. ['--debug', 'mock'] (logs go to the child's stderr, see `stderr`). */
+  args?: string[];
   /** How long to wait for the READY line (default 15 s; includes compiling on first use). */
   readyTimeoutMs?: number;
 }
@@ -21,6 +23,8 @@ export interface KafkaMock {
   /** "127.0.0.1:port" per broker, index i is broker id i + 1. */
   brokers: string[];
   pid: number;
+  /** The last 64 KiB the broker wrote to stderr. */
+  stderr(): string;
   /** SIGTERM and wait for exit (resolves immediately if already gone). */
   stop(): Promise<void>;
   /** SIGKILL the whole cluster (all data is lost; it is in memory). */
@@ -62,13 +66,14 @@ export async function startKafkaMock(opts: KafkaMockOptions = {}): Promise<Kafka
   if (opts.port !== undefined) args.push('--port', String(opts.port));
   if (opts.defaultPartitions !== undefined) args.push('--default-partitions', String(opts.defaultPartitions));
   for (const t of opts.topics ?? []) args.push('--topic', `${t.name}:${t.partitions}`);
+  args.push(...(opts.args ?? []));
 
   // stdin stays a pipe: the broker exits when it closes, so it dies with us.
   const child = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8');
   child.stderr.on('data', (d: string) => {
-    stderr = (stderr + d).slice(-8192);
+    stderr = (stderr + d).slice(-65536);
   });
   child.stdin.on('error', () => {}); // EPIPE after the child died
 
@@ -135,6 +140,7 @@ export async function startKafkaMock(opts: KafkaMockOptions = {}): Promise<Kafka
   return {
     brokers: m[1].split(','),
     pid: child.pid ?? -1,
+    stderr: () => stderr,
     async stop() {
       if (!alive) return;
       child.kill('SIGTERM');

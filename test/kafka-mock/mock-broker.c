@@ -4,6 +4,9 @@
  *
  *   mock-broker [--brokers N] [--port P] [--topic name:partitions]...
  *               [--default-partitions N] [--controller ID]
+ *               [--debug CONTEXTS]   (librdkafka debug contexts, e.g. mock)
+ *               [--no-sync-fix]      (disable the SyncGroup ordering fix)
+ *               [--no-stdin]         (ignore stdin; run until SIGTERM/SIGINT)
  *
  * Prints exactly one line "READY host:port,host:port,..." on stdout once the
  * cluster accepts connections, then reads commands from stdin, one per line:
@@ -17,7 +20,8 @@
  *
  * Each command is answered with "OK <cmd...>" or "ERR <message>" on stdout.
  * The process exits 0 on SIGTERM/SIGINT or when stdin reaches EOF (so a dead
- * parent never leaves it orphaned).
+ * parent never leaves it orphaned; use --no-stdin to run it by hand with
+ * stdin closed).
  *
  * --port P makes broker i listen on P+i-1 (librdkafka 2.0.2 only binds to
  * port 0, so bind() is interposed below while the cluster is created).
@@ -26,6 +30,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <time.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -59,6 +65,400 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len) {
                 }
         }
         return (int)syscall(SYS_bind, fd, addr, len);
+}
+
+/* ---- SyncGroup ordering fix: recvmsg()/poll()/accept()/close() ------- */
+
+/*
+ * librdkafka 2.0.2's mock group coordinator completes a SyncGroup round as
+ * soon as the leader's SyncGroup (carrying every member's assignment)
+ * arrives. A follower whose SyncGroup arrives after that finds the group in
+ * state Up and gets INVALID_REQUEST (42), which kafkajs treats as fatal: the
+ * consumer crashes and stops. With kafkajs the leader is usually first.
+ *
+ * Fix, at the wire level (Kafka protocol only, no librdkafka internals): all
+ * bytes the mock reads from client connections pass through the recvmsg()
+ * below. A leader SyncGroup request is held back until the SyncGroup of every
+ * other member it assigns has been handed to the mock (or SYNC_HOLD_MS
+ * passed, e.g. a member died), so the mock always sees followers first, as a
+ * real broker tolerates. poll() is wrapped to report buffered data as
+ * readable. Disable with --no-sync-fix.
+ */
+#define SYNC_HOLD_MS 3000
+#define KAFKA_SYNCGROUP 14
+#define MAX_CONNS 1024
+#define SEEN_CNT 512
+#define PEND_CNT 16
+
+static int sync_fix = 1;
+static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct seen_sync {
+        char key[300]; /* group \0 member, gen */
+        int32_t gen;
+        int used;
+};
+static struct seen_sync seen[SEEN_CNT];
+static int seen_next = 0;
+
+struct conn {
+        int used;
+        unsigned char *buf;
+        size_t len, cap;
+        size_t scanned;     /* head bytes split into complete frames */
+        size_t deliverable; /* head bytes the mock may read now */
+        int eof, err;
+        int64_t hold_since; /* ms; frame at .scanned is a held leader sync */
+        struct {
+                size_t end;
+                char key[300];
+                int32_t gen;
+        } pend[PEND_CNT]; /* follower syncs, committed to seen[] once read */
+        int pend_cnt;
+};
+static struct conn conns[MAX_CONNS];
+
+static int64_t now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct conn *conn_get(int fd) {
+        if (fd < 0 || fd >= MAX_CONNS || !conns[fd].used)
+                return NULL;
+        return &conns[fd];
+}
+
+static void conn_reset(int fd, int used) {
+        if (fd < 0 || fd >= MAX_CONNS)
+                return;
+        free(conns[fd].buf);
+        memset(&conns[fd], 0, sizeof(conns[fd]));
+        conns[fd].used = used;
+}
+
+static int make_key(char *key, size_t size, const char *g, size_t glen,
+                    const char *m, size_t mlen) {
+        if (glen + mlen + 2 > size)
+                return -1;
+        memcpy(key, g, glen);
+        key[glen] = '\0';
+        memcpy(key + glen + 1, m, mlen);
+        key[glen + 1 + mlen] = '\0';
+        return 0;
+}
+
+static int key_eq(const char *a, const char *b) {
+        return !strcmp(a, b) && !strcmp(a + strlen(a) + 1, b + strlen(b) + 1);
+}
+
+static void seen_add(const char *key, int32_t gen) {
+        struct seen_sync *e = &seen[seen_next];
+        seen_next           = (seen_next + 1) % SEEN_CNT;
+        memcpy(e->key, key, sizeof(e->key));
+        e->gen  = gen;
+        e->used = 1;
+}
+
+static int seen_has(const char *key, int32_t gen) {
+        int i;
+        for (i = 0; i < SEEN_CNT; i++)
+                if (seen[i].used && seen[i].gen == gen &&
+                    key_eq(seen[i].key, key))
+                        return 1;
+        return 0;
+}
+
+/* Minimal big-endian reader over one request frame. */
+struct rd {
+        const unsigned char *p;
+        size_t len, off;
+        int bad;
+};
+static int32_t rd_i32(struct rd *r) {
+        uint32_t v;
+        if (r->off + 4 > r->len) {
+                r->bad = 1;
+                return 0;
+        }
+        v = ((uint32_t)r->p[r->off] << 24) | ((uint32_t)r->p[r->off + 1] << 16) |
+            ((uint32_t)r->p[r->off + 2] << 8) | r->p[r->off + 3];
+        r->off += 4;
+        return (int32_t)v;
+}
+static int16_t rd_i16(struct rd *r) {
+        uint16_t v;
+        if (r->off + 2 > r->len) {
+                r->bad = 1;
+                return 0;
+        }
+        v = (uint16_t)((r->p[r->off] << 8) | r->p[r->off + 1]);
+        r->off += 2;
+        return (int16_t)v;
+}
+/* STRING / NULLABLE_STRING; returns pointer, *lenp = length (0 if null). */
+static const char *rd_str(struct rd *r, size_t *lenp) {
+        int16_t l = rd_i16(r);
+        const char *s;
+        *lenp = 0;
+        if (r->bad || l < 0)
+                return "";
+        if (r->off + (size_t)l > r->len) {
+                r->bad = 1;
+                return "";
+        }
+        s = (const char *)r->p + r->off;
+        r->off += (size_t)l;
+        *lenp = (size_t)l;
+        return s;
+}
+
+/*
+ * Classify the complete frame at c->scanned.
+ * Returns 1 if it must be held (a leader SyncGroup whose followers' SyncGroup
+ * requests have not all been read by the mock yet), else 0.
+ */
+static int classify_frame(struct conn *c, size_t flen, int64_t now) {
+        struct rd r = {c->buf + c->scanned + 4, flen, 0, 0};
+        int16_t api_key, api_ver;
+        size_t glen, mlen, l;
+        const char *group, *member;
+        int32_t gen, cnt, i;
+        char key[300];
+        int missing = 0;
+
+        api_key = rd_i16(&r);
+        api_ver = rd_i16(&r);
+        if (r.bad || api_key != KAFKA_SYNCGROUP || api_ver < 0 || api_ver > 3)
+                return 0; /* flexible versions (4+) are not offered by 2.0.2 */
+        (void)rd_i32(&r);           /* CorrelationId */
+        (void)rd_str(&r, &l);       /* ClientId */
+        group  = rd_str(&r, &glen); /* GroupId */
+        gen    = rd_i32(&r);        /* GenerationId */
+        member = rd_str(&r, &mlen); /* MemberId */
+        if (api_ver >= 3)
+                (void)rd_str(&r, &l); /* GroupInstanceId */
+        cnt = rd_i32(&r);
+        if (r.bad)
+                return 0;
+
+        if (cnt <= 0) { /* follower: remember once the mock has read it */
+                if (make_key(key, sizeof(key), group, glen, member, mlen))
+                        return 0;
+                if (c->pend_cnt < PEND_CNT) {
+                        c->pend[c->pend_cnt].end = c->scanned + 4 + flen;
+                        memcpy(c->pend[c->pend_cnt].key, key, sizeof(key));
+                        c->pend[c->pend_cnt].gen = gen;
+                        c->pend_cnt++;
+                } else
+                        seen_add(key, gen);
+                return 0;
+        }
+
+        /* leader: are all other members' SyncGroups in? */
+        for (i = 0; i < cnt && !r.bad; i++) {
+                size_t olen;
+                const char *other = rd_str(&r, &olen);
+                int32_t blen      = rd_i32(&r); /* assignment BYTES */
+                if (blen > 0) {
+                        if (r.off + (size_t)blen > r.len)
+                                r.bad = 1;
+                        else
+                                r.off += (size_t)blen;
+                }
+                if (r.bad)
+                        break;
+                if (olen == mlen && !memcmp(other, member, mlen))
+                        continue; /* the leader itself */
+                if (make_key(key, sizeof(key), group, glen, other, olen))
+                        continue;
+                if (!seen_has(key, gen))
+                        missing++;
+        }
+        if (r.bad || !missing) {
+                c->hold_since = 0;
+                return 0;
+        }
+        if (!c->hold_since)
+                c->hold_since = now;
+        if (now - c->hold_since >= SYNC_HOLD_MS) {
+                c->hold_since = 0;
+                return 0;
+        }
+        return 1;
+}
+
+/* Split buffered bytes into frames, extending .deliverable up to a hold. */
+static void conn_advance(struct conn *c, int64_t now) {
+        while (c->scanned + 4 <= c->len) {
+                const unsigned char *p = c->buf + c->scanned;
+                uint32_t flen = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+                                ((uint32_t)p[2] << 8) | p[3];
+                if (flen > 0x7fffffff) { /* garbage: pass through */
+                        c->scanned = c->deliverable = c->len;
+                        return;
+                }
+                if (c->scanned + 4 + flen > c->len)
+                        return; /* incomplete */
+                if (sync_fix && classify_frame(c, flen, now))
+                        return; /* held */
+                c->scanned += 4 + flen;
+                c->deliverable = c->scanned;
+        }
+}
+
+static int conn_ready(const struct conn *c) {
+        return c->deliverable > 0 || c->eof || c->err;
+}
+
+int accept(int fd, struct sockaddr *addr, socklen_t *len) {
+        int r = (int)syscall(SYS_accept, fd, addr, len);
+        if (r >= 0) {
+                pthread_mutex_lock(&io_lock);
+                conn_reset(r, r < MAX_CONNS);
+                pthread_mutex_unlock(&io_lock);
+        }
+        return r;
+}
+
+int close(int fd) {
+        if (fd >= 0 && fd < MAX_CONNS) {
+                pthread_mutex_lock(&io_lock);
+                if (conns[fd].used)
+                        conn_reset(fd, 0);
+                pthread_mutex_unlock(&io_lock);
+        }
+        return (int)syscall(SYS_close, fd);
+}
+
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
+        struct conn *c;
+        unsigned char tmp[65536];
+        ssize_t n;
+        size_t want, done = 0, i;
+        int64_t now;
+
+        pthread_mutex_lock(&io_lock);
+        c = conn_get(fd);
+        if (!c) {
+                pthread_mutex_unlock(&io_lock);
+                return (ssize_t)syscall(SYS_recvmsg, fd, msg, flags);
+        }
+        /* Drain the kernel buffer into ours. */
+        while (!c->eof && !c->err) {
+                n = (ssize_t)syscall(SYS_recvfrom, fd, tmp, sizeof(tmp),
+                                     MSG_DONTWAIT, NULL, NULL);
+                if (n > 0) {
+                        if (c->len + (size_t)n > c->cap) {
+                                size_t cap = c->cap ? c->cap : 65536;
+                                unsigned char *nb;
+                                while (cap < c->len + (size_t)n)
+                                        cap *= 2;
+                                nb = realloc(c->buf, cap);
+                                if (!nb) {
+                                        c->err = ENOMEM;
+                                        break;
+                                }
+                                c->buf = nb;
+                                c->cap = cap;
+                        }
+                        memcpy(c->buf + c->len, tmp, (size_t)n);
+                        c->len += (size_t)n;
+                } else if (n == 0)
+                        c->eof = 1;
+                else if (errno == EINTR)
+                        continue;
+                else {
+                        if (errno != EAGAIN && errno != EWOULDBLOCK)
+                                c->err = errno;
+                        break;
+                }
+        }
+        now = now_ms();
+        conn_advance(c, now);
+
+        if (c->deliverable == 0) {
+                int eof = c->eof, err = c->err;
+                pthread_mutex_unlock(&io_lock);
+                if (err) {
+                        errno = err;
+                        return -1;
+                }
+                if (eof)
+                        return 0;
+                errno = EAGAIN;
+                return -1;
+        }
+
+        /* Copy deliverable bytes into the caller's iovecs. */
+        for (i = 0; i < msg->msg_iovlen && done < c->deliverable; i++) {
+                want = msg->msg_iov[i].iov_len;
+                if (want > c->deliverable - done)
+                        want = c->deliverable - done;
+                memcpy(msg->msg_iov[i].iov_base, c->buf + done, want);
+                done += want;
+        }
+        memmove(c->buf, c->buf + done, c->len - done);
+        c->len -= done;
+        c->scanned -= done;
+        c->deliverable -= done;
+        /* Commit follower syncs the mock has now read completely. */
+        {
+                int j, k = 0;
+                for (j = 0; j < c->pend_cnt; j++) {
+                        if (c->pend[j].end <= done)
+                                seen_add(c->pend[j].key, c->pend[j].gen);
+                        else {
+                                c->pend[k] = c->pend[j];
+                                c->pend[k].end -= done;
+                                k++;
+                        }
+                }
+                c->pend_cnt = k;
+        }
+        msg->msg_flags = 0;
+        pthread_mutex_unlock(&io_lock);
+        return (ssize_t)done;
+}
+
+int poll(struct pollfd *fds, nfds_t nfds, int timeout) {
+        nfds_t i;
+        int marked = 0, held = 0, r;
+        unsigned char mark[1024];
+        int64_t now = now_ms();
+
+        pthread_mutex_lock(&io_lock);
+        for (i = 0; i < nfds && i < sizeof(mark); i++) {
+                struct conn *c = conn_get(fds[i].fd);
+                mark[i]        = 0;
+                if (!c)
+                        continue;
+                conn_advance(c, now); /* re-evaluates holds */
+                if ((fds[i].events & POLLIN) && conn_ready(c)) {
+                        mark[i] = 1;
+                        marked++;
+                }
+                if (c->len > c->deliverable)
+                        held++;
+        }
+        pthread_mutex_unlock(&io_lock);
+
+        if (marked)
+                timeout = 0;
+        else if (held && (timeout < 0 || timeout > 20))
+                timeout = 20;
+        r = (int)syscall(SYS_poll, fds, nfds, timeout);
+        if (r < 0 || !marked)
+                return r;
+        r = 0;
+        for (i = 0; i < nfds; i++) {
+                if (i < sizeof(mark) && mark[i])
+                        fds[i].revents |= POLLIN;
+                if (fds[i].revents)
+                        r++;
+        }
+        return r;
 }
 
 /* ---- private struct access (controller id, auto-create defaults) ----- */
@@ -128,7 +528,8 @@ static void usage(void) {
         fprintf(stderr,
                 "usage: mock-broker [--brokers N] [--port P] "
                 "[--topic name:partitions]... [--default-partitions N] "
-                "[--controller ID]\n");
+                "[--controller ID] [--debug mock,protocol] [--no-sync-fix] "
+                "[--no-stdin]\n");
         exit(2);
 }
 
@@ -181,6 +582,8 @@ static void handle_cmd(rd_kafka_mock_cluster_t *mc, int broker_cnt,
 
 int main(int argc, char **argv) {
         int broker_cnt = 1, port = 0, default_parts = 0, controller = 1;
+        int use_stdin = 1;
+        const char *debug = NULL;
         const char *topics[256];
         int topic_cnt = 0, i;
         char errstr[512];
@@ -196,6 +599,14 @@ int main(int argc, char **argv) {
                 const char *v = i + 1 < argc ? argv[i + 1] : NULL;
                 if (!strcmp(a, "-h") || !strcmp(a, "--help"))
                         usage();
+                if (!strcmp(a, "--no-sync-fix")) {
+                        sync_fix = 0;
+                        continue;
+                }
+                if (!strcmp(a, "--no-stdin")) {
+                        use_stdin = 0;
+                        continue;
+                }
                 if (!v)
                         usage();
                 if (!strcmp(a, "--brokers"))
@@ -206,6 +617,8 @@ int main(int argc, char **argv) {
                         default_parts = atoi(v);
                 else if (!strcmp(a, "--controller"))
                         controller = atoi(v);
+                else if (!strcmp(a, "--debug"))
+                        debug = v;
                 else if (!strcmp(a, "--topic") && topic_cnt < 256)
                         topics[topic_cnt++] = v;
                 else
@@ -224,11 +637,37 @@ int main(int argc, char **argv) {
         signal(SIGPIPE, SIG_IGN);
 
         conf = rd_kafka_conf_new();
-        rd_kafka_conf_set(conf, "log_level", "3", NULL, 0);
+        rd_kafka_conf_set(conf, "log_level", debug ? "7" : "3", NULL, 0);
+        if (debug &&
+            rd_kafka_conf_set(conf, "debug", debug, errstr, sizeof(errstr))) {
+                fprintf(stderr, "mock-broker: --debug: %s\n", errstr);
+                return 2;
+        }
         rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
         if (!rk) {
                 fprintf(stderr, "mock-broker: rd_kafka_new: %s\n", errstr);
                 return 1;
+        }
+
+        /* librdkafka 2.0.2 asserts (abort) when a mock broker cannot bind,
+         * so check the fixed ports first. */
+        for (i = 0; port && i < broker_cnt; i++) {
+                struct sockaddr_in sin;
+                int one = 1, s = socket(AF_INET, SOCK_STREAM, 0), r;
+                memset(&sin, 0, sizeof(sin));
+                sin.sin_family      = AF_INET;
+                sin.sin_port        = htons((uint16_t)(port + i));
+                sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+                setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+                r = (int)syscall(SYS_bind, s, &sin, sizeof(sin));
+                close(s);
+                if (r) {
+                        fprintf(stderr,
+                                "mock-broker: cannot listen on "
+                                "127.0.0.1:%d: %s\n",
+                                port + i, strerror(errno));
+                        return 1;
+                }
         }
 
         fixed_port_next = port;
@@ -290,8 +729,9 @@ int main(int argc, char **argv) {
         fflush(stdout);
 
         while (!stop_flag) {
-                struct pollfd pfd = {.fd = 0, .events = POLLIN};
-                int r             = poll(&pfd, 1, 500);
+                struct pollfd pfd = {.fd = use_stdin ? 0 : -1,
+                                     .events = POLLIN};
+                int r = (int)syscall(SYS_poll, &pfd, 1, 500);
                 ssize_t n;
                 char *nl;
                 if (r < 0) {

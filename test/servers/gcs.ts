@@ -10,7 +10,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream, openSync, type WriteStream } from 'node:fs';
-import { mkdtemp, rm, truncate, unlink } from 'node:fs/promises';
+import { mkdtemp, open, rm, truncate, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -35,15 +35,25 @@ export interface GcsRequestLogEntry {
   status: number;
 }
 
+/** What a failNext matcher sees of a request (path is decoded). */
+export interface FailMatchRequest {
+  method: string;
+  path: string;
+  query: Record<string, string>;
+  contentRange: string | undefined;
+}
+
 export interface GcsServer {
   endpoint: string;
   stop(): Promise<void>;
   /** The next `n` requests (that `match`, when given) are answered with `status` and a JSON error body. */
-  failNext(n: number, status: number, match?: (req: { method: string; path: string; query: Record<string, string> }) => boolean): void;
+  failNext(n: number, status: number, match?: (req: FailMatchRequest) => boolean): void;
   /** Recent requests (the last 20,000), for assertions such as "several resumable chunks were sent". */
   readonly log: GcsRequestLogEntry[];
   /** Open resumable sessions that were never finalized (e.g. aborted uploads). */
   openUploads(): number;
+  /** Bit rot at rest: flip one stored byte of an object without touching its recorded crc32c / md5Hash. */
+  corrupt(bucket: string, name: string, offset?: number): Promise<void>;
 }
 
 interface Blob {
@@ -111,7 +121,7 @@ export async function startGcsServer(options: GcsServerOptions = {}): Promise<Gc
   const dir = await mkdtemp(join(tmpdir(), 'lading-fake-gcs-'));
   const buckets = new Map<string, Bucket>();
   const uploads = new Map<string, UploadSession>();
-  const failures: { remaining: number; status: number; match?: ((r: { method: string; path: string; query: Record<string, string> }) => boolean) | undefined }[] = [];
+  const failures: { remaining: number; status: number; match?: ((r: FailMatchRequest) => boolean) | undefined }[] = [];
   const log: GcsRequestLogEntry[] = [];
   let lastGeneration = 0;
   let blobCounter = 0;
@@ -869,7 +879,7 @@ export async function startGcsServer(options: GcsServerOptions = {}): Promise<Gc
       entry.status = res.statusCode;
     });
 
-    const rule = failures.find((f) => f.remaining > 0 && (f.match === undefined || f.match({ method, path, query: q })));
+    const rule = failures.find((f) => f.remaining > 0 && (f.match === undefined || f.match({ method, path, query: q, contentRange: entry.contentRange })));
     if (rule) {
       rule.remaining--;
       if (rule.remaining === 0) failures.splice(failures.indexOf(rule), 1);
@@ -902,6 +912,19 @@ export async function startGcsServer(options: GcsServerOptions = {}): Promise<Gc
       let n = 0;
       for (const s of uploads.values()) if (!s.done && !s.cancelled) n++;
       return n;
+    },
+    async corrupt(bucket, name, offset = 0) {
+      const o = getBucket(bucket).objects.get(name);
+      if (!o || offset >= o.blob.size) throw new Error(`corrupt: no byte ${offset} in ${bucket}/${name}`);
+      const fh = await open(o.blob.path, 'r+');
+      try {
+        const b = Buffer.alloc(1);
+        await fh.read(b, 0, 1, offset);
+        b[0] = b[0]! ^ 0xff;
+        await fh.write(b, 0, 1, offset);
+      } finally {
+        await fh.close();
+      }
     },
     async stop() {
       await new Promise<void>((resolve) => {
