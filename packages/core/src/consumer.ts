@@ -162,11 +162,14 @@ export class Consumer<T = unknown> extends EventEmitter {
     let lastGc = 0;
     try {
       while (!this.stopping) {
-        const room = this.concurrency - this.inFlight.size;
-        if (room <= 0) {
+        if (this.inFlight.size >= this.concurrency) {
           await new Promise<void>((resolve) => { this.slotFree = resolve; });
+          // Let the handlers finishing in this same turn free their slots too: one fetch then
+          // leases many messages instead of one fetch (one write transaction) per message.
+          await new Promise<void>((resolve) => setImmediate(resolve));
           continue;
         }
+        const room = this.concurrency - this.inFlight.size;
         if (Date.now() - lastPolicyRefresh > 2000) {
           this.policy = (await this.queue.topic(this.topic)).policy;
           lastPolicyRefresh = Date.now();
@@ -352,6 +355,7 @@ export class Consumer<T = unknown> extends EventEmitter {
         await all;
       }
       clearInterval(this.heartbeat);
+      await this.queue.driver.leaveGroup?.(this.topic, this.group).catch((e: unknown) => { this.emit('error', e); });
       this.emit('closed');
     })();
     return this.closing;

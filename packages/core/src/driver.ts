@@ -118,7 +118,11 @@ export interface QueueDriver {
   ensureGroup(topic: string, group: string): Promise<void>;
 
   /** Publish envelopes. With `durable`, resolves once they survive a crash (fsync / acks=-1). */
-  publish(envelopes: Envelope[], options: { durable: boolean }): Promise<PublishOutcome[]>;
+  /**
+   * `dedup[i] === false` says envelope i has a freshly generated id that cannot repeat: the driver may
+   * skip idempotent-publish and consumer-dedup bookkeeping for it.
+   */
+  publish(envelopes: Envelope[], options: { durable: boolean; dedup?: boolean[] | undefined }): Promise<PublishOutcome[]>;
 
   /** Lease up to `max` deliverable messages of a group, honouring visibility, TTL, per-key order and consumer dedup. */
   fetch(request: FetchRequest): Promise<Delivery[]>;
@@ -142,6 +146,13 @@ export interface QueueDriver {
   /** Claim-check payload URIs no group needs any more; the caller deletes them and confirms. */
   releasedPayloads(limit: number): Promise<string[]>;
   confirmPayloadsDeleted(uris: string[]): Promise<void>;
+
+  /**
+   * Optional: this process stops consuming `topic` as `group` (a Consumer closed after its in-flight work
+   * settled). Drivers with group membership (Kafka) leave the group so its partitions move to the other
+   * members at once; drivers without it (SQLite) need not implement it.
+   */
+  leaveGroup?(topic: string, group: string): Promise<void>;
 
   /** Per-group counts; with `job`, only that runner job's messages (header `lading-job`). */
   stats(topic?: string, options?: { job?: string; group?: string }): Promise<GroupStats[]>;

@@ -3,7 +3,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AttemptError, Delivery, FetchRequest, GroupStats, HospitalFilter, HospitalReason, HospitalRecord, HospitalState, PublishOutcome, QueueDriver } from '../driver.js';
-import { parseEnvelope, type Envelope, type JsonValue } from '../envelope.js';
+import { parseEnvelope, readEnvelope, type Envelope, type JsonValue } from '../envelope.js';
 import { LadingError } from '../errors.js';
 import { detectMountKind } from '../mounts.js';
 import { TopicPolicySchema, type TopicInfo, type TopicPolicy, type TopicPolicyInput } from '../topic.js';
@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS messages(
   topic TEXT NOT NULL, id TEXT NOT NULL, key TEXT, envelope TEXT NOT NULL,
   published_at INTEGER NOT NULL, available_at INTEGER NOT NULL, expires_at INTEGER,
   payload TEXT, job TEXT,
+  dedup INTEGER NOT NULL DEFAULT 1,       -- 0: generated id, no dedup bookkeeping
   refs INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS messages_topic ON messages(topic, seq);
 CREATE INDEX IF NOT EXISTS messages_payload ON messages(payload) WHERE payload IS NOT NULL;
@@ -73,6 +74,7 @@ interface DeliveryRow {
   lease_owner: string | null;
   id: string;
   envelope: string;
+  dedup: number;
 }
 
 interface HospitalRow {
@@ -107,6 +109,8 @@ export class SqliteQueueDriver implements QueueDriver {
   private tokenCounter = 0;
   private readonly policies = new Map<string, { policy: TopicPolicy; at: number }>();
   private lastSweep = 0;
+  /** Groups of a topic, valid for one flush (the write lock is held, so they cannot change under it). */
+  private readonly groupCache = new Map<string, string[]>();
   private closed = false;
   private readonly stmt: ReturnType<SqliteQueueDriver['prepare']>;
 
@@ -153,12 +157,12 @@ export class SqliteQueueDriver implements QueueDriver {
       backfillRefs: db.prepare('UPDATE messages SET refs = refs + 1 WHERE topic = ?'),
       published: db.prepare<[string, string], { at: number }>('SELECT at FROM published WHERE topic = ? AND id = ?'),
       markPublished: db.prepare('INSERT OR REPLACE INTO published(topic, id, at) VALUES (?, ?, ?)'),
-      insertMessage: db.prepare(`INSERT INTO messages(topic, id, key, envelope, published_at, available_at, expires_at, payload, job, refs)
-        VALUES (@topic, @id, @key, @envelope, @published_at, @available_at, @expires_at, @payload, @job, @refs)`),
+      insertMessage: db.prepare(`INSERT INTO messages(topic, id, key, envelope, published_at, available_at, expires_at, payload, job, dedup, refs)
+        VALUES (@topic, @id, @key, @envelope, @published_at, @available_at, @expires_at, @payload, @job, @dedup, @refs)`),
       unrelease: db.prepare('DELETE FROM released_payloads WHERE uri = ?'),
       insertDelivery: db.prepare('INSERT OR IGNORE INTO deliveries(topic, grp, seq, key, state, visible_at) VALUES (?, ?, ?, ?, 0, ?)'),
       candidates: db.prepare<{ topic: string; grp: string; now: number; scan: number }, DeliveryRow>(`
-        SELECT d.seq, d.key, d.state, d.attempt, d.errors, d.checkpoint, d.lease_owner, m.id, m.envelope
+        SELECT d.seq, d.key, d.state, d.attempt, d.errors, d.checkpoint, d.lease_owner, m.id, m.envelope, m.dedup
         FROM deliveries d JOIN messages m ON m.seq = d.seq
         WHERE d.topic = @topic AND d.grp = @grp AND d.visible_at <= @now
           AND (d.key IS NULL OR NOT EXISTS (
@@ -168,9 +172,11 @@ export class SqliteQueueDriver implements QueueDriver {
       lease: db.prepare(`UPDATE deliveries SET state = 1, visible_at = @until, attempt = attempt + 1, lease_owner = @owner, lease_token = @token, errors = @errors
         WHERE topic = @topic AND grp = @grp AND seq = @seq`),
       owned: db.prepare<[string, string, number, string], { errors: string; attempt: number }>('SELECT errors, attempt FROM deliveries WHERE topic = ? AND grp = ? AND seq = ? AND lease_token = ? AND state = 1'),
+      ackOwned: db.prepare('DELETE FROM deliveries WHERE topic = ? AND grp = ? AND seq = ? AND lease_token = ? AND state = 1'),
+      dropLast: db.prepare<[number], { payload: string | null }>('DELETE FROM messages WHERE seq = ? AND refs <= 1 RETURNING payload'),
       deleteDelivery: db.prepare('DELETE FROM deliveries WHERE topic = ? AND grp = ? AND seq = ?'),
       complete: db.prepare('INSERT OR REPLACE INTO completed(topic, grp, id, at) VALUES (?, ?, ?, ?)'),
-      unref: db.prepare<[number], { refs: number; payload: string | null }>('UPDATE messages SET refs = refs - 1 WHERE seq = ? RETURNING refs, payload'),
+      unref: db.prepare('UPDATE messages SET refs = refs - 1 WHERE seq = ?'),
       deleteMessage: db.prepare('DELETE FROM messages WHERE seq = ?'),
       payloadInUse: db.prepare<[string], { n: number }>('SELECT 1 AS n FROM messages WHERE payload = ? LIMIT 1'),
       release: db.prepare('INSERT OR IGNORE INTO released_payloads(uri, at) VALUES (?, ?)'),
@@ -218,22 +224,33 @@ export class SqliteQueueDriver implements QueueDriver {
       this.db.pragma(`synchronous = ${want}`);
       this.synchronous = want;
     }
-    const results: { ok: boolean; value: unknown }[] = [];
+    this.groupCache.clear();
+    let results: { ok: boolean; value: unknown }[] = [];
     try {
+      // Fast path: the whole batch in one transaction with no savepoints.
       this.db.transaction(() => {
-        for (const p of batch) {
-          // One caller's failure must not undo the others': each runs in its own savepoint.
-          try {
-            results.push({ ok: true, value: this.db.transaction(p.run)() });
-          } catch (e) {
-            results.push({ ok: false, value: e });
-          }
-        }
+        results = batch.map((p) => ({ ok: true, value: p.run() }));
       }).immediate();
-    } catch (e) {
-      const err = wrapSqliteError(e);
-      for (const p of batch) p.reject(err);
-      return;
+    } catch (first) {
+      // One write failed: the batch was rolled back. Replay each write on its own so that one
+      // caller's failure does not fail the others.
+      this.groupCache.clear();
+      results = [];
+      try {
+        this.db.transaction(() => {
+          for (const p of batch) {
+            try {
+              results.push({ ok: true, value: this.db.transaction(p.run)() });
+            } catch (e) {
+              results.push({ ok: false, value: e });
+            }
+          }
+        }).immediate();
+      } catch (e) {
+        const err = wrapSqliteError(e ?? first);
+        for (const p of batch) p.reject(err);
+        return;
+      }
     }
     batch.forEach((p, i) => {
       const r = results[i]!;
@@ -292,6 +309,7 @@ export class SqliteQueueDriver implements QueueDriver {
     await this.write(false, () => {
       this.policy(topic);
       if (this.stmt.insertGroup.run(topic, group, Date.now()).changes === 1) {
+        this.groupCache.delete(topic);
         // A new group starts from the oldest retained message of the topic.
         this.stmt.backfill.run(group, topic);
         this.stmt.backfillRefs.run(topic);
@@ -301,8 +319,8 @@ export class SqliteQueueDriver implements QueueDriver {
 
   // ---- publish -------------------------------------------------------------------------------
 
-  async publish(envelopes: Envelope[], options: { durable: boolean }): Promise<PublishOutcome[]> {
-    return this.write(options.durable, () => envelopes.map((e) => this.insert(e, true)));
+  async publish(envelopes: Envelope[], options: { durable: boolean; dedup?: boolean[] | undefined }): Promise<PublishOutcome[]> {
+    return this.write(options.durable, () => envelopes.map((e, i) => this.insert(e, options.dedup?.[i] !== false)));
   }
 
   private insert(env: Envelope, dedup: boolean): PublishOutcome {
@@ -312,17 +330,21 @@ export class SqliteQueueDriver implements QueueDriver {
       const seen = this.stmt.published.get(env.topic, env.id);
       if (seen && seen.at > now - policy.dedupWindowMs) return { id: env.id, topic: env.topic, duplicate: true };
     }
-    const groups = this.stmt.groupsOf.all(env.topic);
+    let groups = this.groupCache.get(env.topic);
+    if (!groups) {
+      groups = this.stmt.groupsOf.all(env.topic).map((g) => g.name);
+      this.groupCache.set(env.topic, groups);
+    }
     const available = env.notBefore ?? env.publishedAt;
     const payload = env.ref?.uri ?? null;
     const { lastInsertRowid } = this.stmt.insertMessage.run({
       topic: env.topic, id: env.id, key: env.key ?? null, envelope: JSON.stringify(env),
       published_at: env.publishedAt, available_at: available, expires_at: env.expiresAt ?? null,
-      payload, job: env.headers['lading-job'] ?? null, refs: groups.length,
+      payload, job: env.headers['lading-job'] ?? null, dedup: dedup ? 1 : 0, refs: groups.length,
     });
     if (payload) this.stmt.unrelease.run(payload);
-    if (policy.dedupWindowMs > 0) this.stmt.markPublished.run(env.topic, env.id, now);
-    for (const g of groups) this.stmt.insertDelivery.run(env.topic, g.name, lastInsertRowid, env.key ?? null, available);
+    if (dedup && policy.dedupWindowMs > 0) this.stmt.markPublished.run(env.topic, env.id, now);
+    for (const g of groups) this.stmt.insertDelivery.run(env.topic, g, lastInsertRowid, env.key ?? null, available);
     return { id: env.id, topic: env.topic, duplicate: false };
   }
 
@@ -334,7 +356,7 @@ export class SqliteQueueDriver implements QueueDriver {
       if (now - this.lastSweep > 10_000) this.sweep(now);
       const policy = this.policy(req.topic);
       const out: Delivery[] = [];
-      const rows = this.stmt.candidates.all({ topic: req.topic, grp: req.group, now, scan: req.max * 2 + 8 });
+      const rows = this.stmt.candidates.all({ topic: req.topic, grp: req.group, now, scan: req.max + 8 });
       for (const row of rows) {
         if (out.length >= req.max) break;
         const errors = JSON.parse(row.errors) as AttemptError[];
@@ -351,15 +373,16 @@ export class SqliteQueueDriver implements QueueDriver {
         let envelope: Envelope | undefined;
         let invalid: string | undefined;
         try {
-          envelope = parseEnvelope(row.envelope);
+          envelope = readEnvelope(row.envelope);
         } catch (e) {
           invalid = (e as Error).message;
         }
-        if (policy.dedupWindowMs > 0 && row.attempt === 0) {
+        if (row.dedup && policy.dedupWindowMs > 0 && row.attempt === 0) {
           const done = this.stmt.completedAt.get(req.topic, req.group, row.id);
           if (done && done.at > now - policy.dedupWindowMs) {
             // Consumer dedup: this id was already handled by the group inside the window.
-            this.finish(req.topic, req.group, row.seq, row.id, now);
+            this.stmt.deleteDelivery.run(req.topic, req.group, row.seq);
+            this.unref(row.seq);
             continue;
           }
         }
@@ -367,7 +390,7 @@ export class SqliteQueueDriver implements QueueDriver {
         const until = now + req.leaseMs;
         this.stmt.lease.run({ until, owner: req.consumer, token, errors: JSON.stringify(errors), topic: req.topic, grp: req.group, seq: row.seq });
         out.push({
-          topic: req.topic, group: req.group, id: envelope?.id ?? row.id, receipt: `${row.seq}:${token}`,
+          topic: req.topic, group: req.group, id: envelope?.id ?? row.id, receipt: `${row.seq}:${token}:${row.dedup}`,
           raw: row.envelope, envelope, invalid, attempt: row.attempt, errors,
           checkpoint: row.checkpoint === null ? undefined : (JSON.parse(row.checkpoint) as JsonValue), leaseUntil: until,
         });
@@ -383,28 +406,30 @@ export class SqliteQueueDriver implements QueueDriver {
     return row ? { seq, token, errors: JSON.parse(row.errors) as AttemptError[] } : undefined;
   }
 
-  /** The group is done with a message: forget the delivery, remember the id, release the message. */
-  private finish(topic: string, group: string, seq: number, id: string, now: number): void {
-    this.stmt.deleteDelivery.run(topic, group, seq);
-    this.stmt.complete.run(topic, group, id, now);
-    this.unref(seq);
-  }
-
+  /** One less holder of the message (a group done with it, a hospital record resolved); the last one drops it. */
   private unref(seq: number): void {
-    const row = this.stmt.unref.get(seq);
-    if (row && row.refs <= 0) this.dropMessage(seq, row.payload);
+    const last = this.stmt.dropLast.get(seq);
+    if (last) this.releasePayload(last.payload);
+    else this.stmt.unref.run(seq);
   }
 
   private dropMessage(seq: number, payload: string | null): void {
     this.stmt.deleteMessage.run(seq);
+    this.releasePayload(payload);
+  }
+
+  private releasePayload(payload: string | null): void {
     if (payload && !this.stmt.payloadInUse.get(payload)) this.stmt.release.run(payload, Date.now());
   }
 
   async ack(d: Delivery): Promise<boolean> {
+    const [seqText, token, dedup] = d.receipt.split(':');
+    const seq = Number(seqText);
     return this.write(false, () => {
-      const own = this.owned(d);
-      if (!own) return false;
-      this.finish(d.topic, d.group, own.seq, d.id, Date.now());
+      if (this.stmt.ackOwned.run(d.topic, d.group, seq, token).changes !== 1) return false;
+      // Remember the id for consumer dedup (only ids a caller chose can come again).
+      if (dedup === '1' && this.policy(d.topic).dedupWindowMs > 0) this.stmt.complete.run(d.topic, d.group, d.id, Date.now());
+      this.unref(seq);
       return true;
     });
   }
