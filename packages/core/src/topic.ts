@@ -46,7 +46,7 @@ export const TopicPolicySchema = z
     dedupWindowMs: z.number().int().nonnegative().default(24 * 3600_000),
     /** How long a delivery stays leased without a heartbeat before it is handed to another consumer. */
     leaseMs: z.number().int().min(100).default(30_000),
-    /** How long messages are kept for consumer groups that do not exist yet. */
+    /** How long a message is kept while its topic has no consumer group yet (a group created later starts from the oldest one kept). Once every existing group is done with a message it is deleted. */
     retentionMs: z.number().int().positive().default(7 * 24 * 3600_000),
     /** Kafka: partitions of the topic. */
     partitions: z.number().int().min(1).max(10_000).default(1),

@@ -35,6 +35,10 @@ export function markerKey(job: string, shardId: string): string {
 
 /** Messages a worker thread sends to the main thread over its MessagePort. */
 export type ThreadMessage =
+  /** The handler is about to run (its module loaded, stores open): the shard's timeout starts now. */
+  | { type: 'begin' }
+  /** The last message of a run: everything posted before it (checkpoints) has been delivered. */
+  | { type: 'end' }
   | { type: 'checkpoint'; state: unknown }
   | { type: 'progress'; done: number; total?: number | undefined }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string };

@@ -68,12 +68,16 @@ export default async function runShard({ task, attempt, checkpoint, port }: Thre
       checkpoint: (state) => post({ type: 'checkpoint', state }),
       stores: { input, output },
     };
+    post({ type: 'begin' });
     const result: unknown = await handler(ctx);
     const summary = outputs.map((o) => ({ key: o.key, size: o.size, checksum: o.checksum }));
     // The commit marker comes after every output: its presence means the shard is done for good.
     await output.write(markerKey(task.job, shard.id), JSON.stringify({ job: task.job, shard: shard.id, input: shard.input, start: shard.start, end: shard.end, outputs: summary, result: result ?? null, at: new Date().toISOString() }), { contentType: 'application/json' });
     return { outputs: summary, result: result ?? null };
   } finally {
+    // Messages on this port and the task's result travel separately; `end` lets the main thread wait
+    // until every checkpoint posted above has arrived before it settles the delivery.
+    post({ type: 'end' });
     port.close();
   }
 }

@@ -11,6 +11,10 @@ import { TaskSchema, markerKey, type ThreadMessage, type ThreadResult } from './
 import type { ThreadInput } from './thread.js';
 
 export const DEFAULT_TASK_TOPIC = 'lading.tasks';
+/** Extra time a fresh thread gets to load the handler before a shard's timeout starts counting. */
+const STARTUP_ALLOWANCE_MS = 30_000;
+/** Longest wait for a thread's last messages after its task settled. */
+const END_WAIT_MS = 1000;
 export const WORKER_GROUP = 'lading.workers';
 
 export interface WorkerOptions {
@@ -80,22 +84,28 @@ export class RunnerWorker extends EventEmitter {
     }
     this.emit('started', event);
     const channel = new MessageChannel();
+    const kill = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    const timeout = () => { timedOut = true; kill.abort(); };
+    let ended!: () => void;
+    const end = new Promise<void>((resolve) => { ended = resolve; });
     channel.port1.on('message', (m: ThreadMessage) => {
-      if (m.type === 'checkpoint') void save(m.state).catch((e: unknown) => this.emit('error', e));
+      if (m.type === 'begin') {
+        // The timeout counts the handler's run, not the thread's start-up (module loads of a fresh thread).
+        if (task.timeoutMs) { clearTimeout(timer); timer = setTimeout(timeout, task.timeoutMs); }
+      } else if (m.type === 'end') ended();
+      else if (m.type === 'checkpoint') void save(m.state).catch((e: unknown) => this.emit('error', e));
       else if (m.type === 'progress') this.emit('progress', { ...event, done: m.done, total: m.total });
       else this.emit('log', { ...event, level: m.level, message: m.message });
     });
-    const kill = new AbortController();
     const onAbort = () => {
       channel.port1.postMessage({ type: 'abort' });
       setTimeout(() => kill.abort(signal.reason), this.options.abortGraceMs ?? 2000).unref();
     };
     signal.addEventListener('abort', onAbort, { once: true });
-    let timer: NodeJS.Timeout | undefined;
-    let timedOut = false;
-    if (task.timeoutMs) {
-      timer = setTimeout(() => { timedOut = true; kill.abort(); }, task.timeoutMs);
-    }
+    // Until the handler begins, allow the thread STARTUP_ALLOWANCE_MS more (a handler module that hangs on import).
+    if (task.timeoutMs) timer = setTimeout(timeout, task.timeoutMs + STARTUP_ALLOWANCE_MS);
     try {
       const input: ThreadInput = { task, attempt, checkpoint: checkpoint as ThreadInput['checkpoint'], port: channel.port2 };
       const result = (await this.pool.run(input, { transferList: [channel.port2], signal: kill.signal })) as ThreadResult;
@@ -107,6 +117,15 @@ export class RunnerWorker extends EventEmitter {
     } finally {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);
+      // Checkpoints posted just before the handler returned or threw may still be in flight on the port:
+      // wait for the thread's `end` (unless the thread was terminated) so the retry resumes from the last one.
+      // (A ref'd timer: when the thread died, nothing else may be keeping this process alive.)
+      if (!kill.signal.aborted) {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, END_WAIT_MS);
+          void end.then(() => { clearTimeout(t); resolve(); });
+        });
+      }
       channel.port1.close();
     }
   }

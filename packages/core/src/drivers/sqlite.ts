@@ -360,22 +360,24 @@ export class SqliteQueueDriver implements QueueDriver {
       for (const row of rows) {
         if (out.length >= req.max) break;
         const errors = JSON.parse(row.errors) as AttemptError[];
-        if (row.state === 1) {
-          // The previous lease ran out without an ack: the consumer died, hung or was cut off.
-          const owner = row.lease_owner ?? 'unknown';
-          errors.push({ name: 'LeaseExpired', message: `lease held by ${owner} expired without an ack (the consumer died, hung or lost its connection)`, attempt: row.attempt - 1, worker: owner, host: owner.split(':')[0] ?? owner, at: now });
-          if (row.attempt >= policy.maxAttempts) {
-            this.admitRow(req.topic, req.group, row.seq, row.id, row.envelope, 'poison', errors, now);
-            this.stmt.deleteDelivery.run(req.topic, req.group, row.seq);
-            continue;
-          }
-        }
         let envelope: Envelope | undefined;
         let invalid: string | undefined;
         try {
           envelope = readEnvelope(row.envelope);
         } catch (e) {
           invalid = (e as Error).message;
+        }
+        if (row.state === 1) {
+          // The previous lease ran out without an ack: the consumer died, hung or was cut off.
+          const owner = row.lease_owner ?? 'unknown';
+          errors.push({ name: 'LeaseExpired', message: `lease held by ${owner} expired without an ack (the consumer died, hung or lost its connection)`, attempt: row.attempt - 1, worker: owner, host: owner.split(':')[0] ?? owner, at: now });
+          // A message may carry its own limit (runner jobs do), like BullMQ's per-job attempts.
+          const maxAttempts = Number(envelope?.headers['lading-max-attempts']) || policy.maxAttempts;
+          if (row.attempt >= maxAttempts) {
+            this.admitRow(req.topic, req.group, row.seq, row.id, row.envelope, 'poison', errors, now);
+            this.stmt.deleteDelivery.run(req.topic, req.group, row.seq);
+            continue;
+          }
         }
         if (row.dedup && policy.dedupWindowMs > 0 && row.attempt === 0) {
           const done = this.stmt.completedAt.get(req.topic, req.group, row.id);

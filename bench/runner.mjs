@@ -1,0 +1,218 @@
+// `bench runner`: the runner (queue → RunnerWorker → Piscina thread → commit marker) beside a raw Piscina
+// pool doing the same work, in the same run, interleaved round by round and reported as medians.
+//
+//   dispatch   N no-op tasks. lading: N shard-task messages (the real TaskSchema body, a 1-byte input range)
+//              published with queue.publishMany (not timed), then the time until a warm RunnerWorker
+//              (threads = cores) has run and acked all of them. That includes, per task: the SQLite lease
+//              and ack, the commit-marker stat (idempotent redelivery), a MessageChannel to the thread,
+//              the no-op handler, and the commit-marker write (an atomic file write) after it.
+//              baseline: a warm raw Piscina pool (maxThreads = cores) running a no-op function N times
+//              with the same task object as its argument (Promise.all, Piscina queues the rest).
+//   scaling    S shards of fixed CPU work (sha256 over a 4 MiB buffer, `rounds` times, inside the thread),
+//              run by a RunnerWorker with threads = 1 and threads = cores → speedup, compared to linear
+//              (cores×): the ratio is the fraction of linear. A raw Piscina pool doing the same hashing with
+//              1 and cores threads is reported beside it: what this machine gives at best.
+import { availableParallelism, loadavg } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { pathToFileURL } from 'node:url';
+import { Piscina } from 'piscina';
+
+const TOPIC = 'lading.tasks';
+
+const NOOP_HANDLER = 'export default async function () {}\n';
+const NOOP_RAW = 'export default function () { return null; }\n';
+// Hash a 4 MiB buffer `rounds` times: fixed CPU work, no I/O.
+const HASH_BODY = `import { createHash } from 'node:crypto';
+const buf = Buffer.alloc(4 * 1024 * 1024, 7);
+function work(rounds) { let h = ''; for (let i = 0; i < rounds; i++) h = createHash('sha256').update(buf).update(h).digest('hex'); return h; }
+`;
+const HASH_HANDLER = `${HASH_BODY}export default async function (ctx) { return work(ctx.params.rounds); }\n`;
+const HASH_RAW = `${HASH_BODY}export default function (task) { return work(task.params.rounds); }\n`;
+
+const TMPFS_MAGIC = 0x01021994;
+const statfsType = (p) => { try { return statfsSync(p).type === TMPFS_MAGIC; } catch { return false; } };
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+export async function run(ctx) {
+  const cores = availableParallelism();
+  const n = ctx.size('LADING_BENCH_N', 2000, 400);
+  const rounds = ctx.size('LADING_BENCH_ROUNDS', 3, 2);
+  const shards = ctx.size('LADING_BENCH_SHARDS', 8 * cores, 4 * cores);
+  const core = await ctx.importPackage('core');
+  const storage = await ctx.importPackage('storage');
+  const runner = await ctx.importPackage('runner');
+
+  const dir = ctx.workDir;
+  const file = (name, text) => { writeFileSync(join(dir, name), text); return pathToFileURL(join(dir, name)).href; };
+  const noopHandler = file('noop-handler.mjs', NOOP_HANDLER);
+  const noopRaw = file('noop-raw.mjs', NOOP_RAW);
+  const hashHandler = file('hash-handler.mjs', HASH_HANDLER);
+  const hashRaw = file('hash-raw.mjs', HASH_RAW);
+  mkdirSync(join(dir, 'in'), { recursive: true });
+  writeFileSync(join(dir, 'in', 'x.bin'), 'x');
+
+  let seq = 0;
+  /** The task body the planner would publish for a 1-byte shard of in/x.bin. */
+  const task = (job, i, handler, params, output) => ({
+    kind: 'lading.shard', job, shard: { id: `s${i}`, index: i, input: `file:${dir}/in/x.bin`, storeUri: `file:${dir}/in`, key: 'x.bin', start: 0, end: 1, objectSize: 1, etag: '1-1', align: 'none' },
+    handler, output, params,
+  });
+
+  /** A fresh queue + warm RunnerWorker; `batch(count, handler, params)` publishes and times until all are acked. */
+  async function ladingSession(threads) {
+    const id = ++seq;
+    const qdir = join(dir, `lading-${id}`);
+    mkdirSync(qdir, { recursive: true });
+    const queue = await core.openQueue({ uri: `sqlite:${join(qdir, 'q.db')}` });
+    await queue.createTopic(TOPIC, { maxAttempts: 1 });
+    const worker = runner.startWorker({ queue, threads });
+    let failure;
+    worker.on('failed', (e) => { failure ??= e.error; });
+    worker.on('hospital', (r) => { failure ??= new Error(`task in the hospital: ${r.errors.at(-1)?.message}`); });
+    let batchNo = 0;
+    const batch = async (count, handler, params, outRoot = join(qdir, 'out')) => {
+      const job = `b${id}-${++batchNo}`;
+      const output = `file:${join(outRoot, job)}`;
+      const inputs = [];
+      for (let i = 0; i < count; i++) inputs.push({ id: `${job}:${i}`, type: 'lading.shard', headers: { 'lading-job': job }, body: task(job, i, handler, params, output) });
+      for (let i = 0; i < inputs.length; i += 500) await queue.publishMany(TOPIC, inputs.slice(i, i + 500)); // not timed: publish is `bench queue`
+      const target = worker.counts.done + count;
+      // The messages are visible now; the worker wakes on the publish event.
+      const t0 = performance.now();
+      await new Promise((resolve, reject) => {
+        const check = () => {
+          if (failure) { worker.consumer.off('done', check); reject(failure); }
+          else if (worker.counts.done >= target) { worker.consumer.off('done', check); resolve(); }
+        };
+        worker.consumer.on('done', check); // after each ack
+        check();
+      });
+      return (performance.now() - t0) / 1000;
+    };
+    // Warm up: the threads start, the handler modules load.
+    await batch(Math.max(threads * 4, 20), noopHandler, {});
+    await batch(threads, hashHandler, { rounds: 1 });
+    return {
+      batch,
+      async close() {
+        await worker.close();
+        await queue.close();
+        rmSync(qdir, { recursive: true, force: true });
+      },
+    };
+  }
+
+  function rawPool(filename, threads) {
+    return new Piscina({ filename, minThreads: threads, maxThreads: threads, idleTimeout: 30_000, concurrentTasksPerWorker: 1 });
+  }
+
+  async function rawBatch(pool, count, params) {
+    const body = task('raw', 0, 'raw', params, `file:${dir}/raw-out`);
+    const t0 = performance.now();
+    await Promise.all(Array.from({ length: count }, () => pool.run(body)));
+    return (performance.now() - t0) / 1000;
+  }
+
+  // Calibrate the CPU work: ~150 ms per shard on one thread (80 ms in a quick run).
+  const shardSeconds = ctx.quick ? 0.08 : 0.15;
+  let hashRounds;
+  {
+    const pool = rawPool(hashRaw, 1);
+    await rawBatch(pool, 1, { rounds: 1 });
+    const t = await rawBatch(pool, 1, { rounds: 8 });
+    hashRounds = Math.max(2, Math.round((shardSeconds / t) * 8));
+    await pool.destroy();
+    ctx.log(`cpu work: sha256 of 4 MiB × ${hashRounds} per shard (~${((t / 8) * hashRounds * 1000).toFixed(0)} ms on one thread)`);
+  }
+
+  // Where tmpfs is available, the same dispatch with the outputs (commit markers) on it: the runner's own
+  // overhead without the disk's fsync latency.
+  const shm = existsSync('/dev/shm') && statfsType('/dev/shm') ? mkdtempSync('/dev/shm/lading-bench-') : undefined;
+  // The cost of one commit marker on the work directory's disk (two fsyncs: file and directory).
+  const markerMs = await (async () => {
+    const store = await storage.openStore(`file:${join(dir, 'marker-probe')}`);
+    await store.write('warm.json', '{}');
+    const t0 = performance.now();
+    for (let i = 0; i < 20; i++) await store.write(`_lading/j/done/s${i}.json`, '{"probe":true}', { contentType: 'application/json' });
+    await store.close();
+    return (performance.now() - t0) / 20;
+  })();
+  ctx.log(`one commit-marker write on ${dir}: ${markerMs.toFixed(2)} ms`);
+
+  const s = { lading: [], ladingShm: [], raw: [], l1: [], lN: [], r1: [], rN: [] };
+  const l1 = await ladingSession(1);
+  const lN = await ladingSession(cores);
+  const noopPool = rawPool(noopRaw, cores);
+  const hash1 = rawPool(hashRaw, 1);
+  const hashN = rawPool(hashRaw, cores);
+  try {
+    await rawBatch(noopPool, 200, {});
+    await rawBatch(hash1, 1, { rounds: 1 });
+    await rawBatch(hashN, cores, { rounds: 1 });
+    for (let r = 0; r < rounds; r++) {
+      // Dispatch, order alternating per round.
+      const steps = [
+        async () => s.lading.push(n / (await lN.batch(n, noopHandler, {}))),
+        async () => s.raw.push(n / (await rawBatch(noopPool, n, {}))),
+        ...(shm ? [async () => s.ladingShm.push(n / (await lN.batch(n, noopHandler, {}, shm)))] : []),
+      ];
+      for (const step of r % 2 ? steps.reverse() : steps) await step();
+      // CPU scaling.
+      const params = { rounds: hashRounds };
+      s.l1.push(await l1.batch(shards, hashHandler, params));
+      s.lN.push(await lN.batch(shards, hashHandler, params));
+      s.r1.push(await rawBatch(hash1, shards, params));
+      s.rN.push(await rawBatch(hashN, shards, params));
+      const i = s.l1.length - 1;
+      ctx.log(`round ${r + 1}/${rounds}: dispatch lading ${Math.round(s.lading[i])} vs raw Piscina ${Math.round(s.raw[i])} tasks/s; ` +
+        `${shards} cpu shards: lading ${s.l1[i].toFixed(2)} s (1 thread) / ${s.lN[i].toFixed(2)} s (${cores}), raw ${s.r1[i].toFixed(2)} / ${s.rN[i].toFixed(2)} s`);
+    }
+  } finally {
+    await Promise.all([l1.close(), lN.close(), noopPool.destroy(), hash1.destroy(), hashN.destroy()]);
+    if (shm) rmSync(shm, { recursive: true, force: true });
+  }
+
+  const ladingRate = median(s.lading);
+  const rawRate = median(s.raw);
+  const speedups = s.l1.map((t, i) => t / s.lN[i]);
+  const rawSpeedups = s.r1.map((t, i) => t / s.rN[i]);
+  const load = loadavg()[0];
+  const machineSpeedup = median(rawSpeedups);
+  const busyNote = machineSpeedup < 0.9 * cores
+    ? [`caution: raw Piscina itself reached only ${machineSpeedup.toFixed(2)}× of ${cores}× on this run (1-min load average ${load.toFixed(1)} on ${cores} cores at the end): the machine was busy, so the fraction of linear measures the machine more than the runner; compare the lading speedup with the raw Piscina speedup row.`]
+    : [];
+  const perTaskUs = (1e6 / ladingRate) * cores - (1e6 / rawRate) * cores;
+  return {
+    rows: [
+      {
+        name: `runner: dispatch of no-op shard tasks, ${cores} threads`, value: ladingRate, unit: 'tasks/s', higherIsBetter: true, samples: s.lading,
+        baseline: { name: `raw Piscina pool.run (no-op), ${cores} threads`, value: rawRate, samples: s.raw }, target: '≥ 0.8×', targetRatio: 0.8,
+      },
+      ...(shm ? [{
+        name: `runner: dispatch of no-op shard tasks, ${cores} threads, outputs on tmpfs`, value: median(s.ladingShm), unit: 'tasks/s', higherIsBetter: true, samples: s.ladingShm,
+        baseline: { name: `raw Piscina pool.run (no-op), ${cores} threads`, value: rawRate, samples: s.raw }, target: '(diagnostic)',
+      }] : []),
+      {
+        name: `runner: CPU-bound shards, speedup 1 → ${cores} threads`, value: median(speedups), unit: '×', higherIsBetter: true, samples: speedups,
+        baseline: { name: `linear (${cores}×)`, value: cores }, target: '≥ 0.9×', targetRatio: 0.9,
+      },
+      {
+        name: `runner: CPU-bound shards, speedup 1 → ${cores} threads`, value: median(speedups), unit: '×', higherIsBetter: true, samples: speedups,
+        baseline: { name: `raw Piscina speedup 1 → ${cores} threads (same work)`, value: median(rawSpeedups), samples: rawSpeedups },
+      },
+    ],
+    meta: { 'runner tasks': n, 'runner rounds': rounds, 'cpu shards': shards, 'load average': load.toFixed(1) },
+    notes: [
+      `runner dispatch: ${n} no-op tasks per round, published first (not timed), then timed until a warm RunnerWorker acked all; per task it leases and acks in SQLite, stats the commit marker, opens a MessageChannel, runs the handler in a Piscina thread and writes the commit marker (an atomic, fsynced file write). Raw Piscina: pool.run of a no-op with the same task object. Median of ${rounds} rounds; ≈${Math.round(perTaskUs)} µs more thread-time per task than raw Piscina, of which one commit-marker write on this disk costs ${Math.round(markerMs * 1000)} µs.`,
+      ...busyNote,
+      `runner scaling: ${shards} shards of sha256 over 4 MiB × ${hashRounds} per shard, one RunnerWorker with threads = 1 and threads = ${cores}; the ratio to linear is the fraction of linear speedup. The raw Piscina row shows what the machine itself gives for the same work.`,
+    ],
+  };
+}

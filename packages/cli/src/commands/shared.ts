@@ -1,0 +1,53 @@
+import { InvalidArgumentError, type Command, type OptionValues } from 'commander';
+import type { Cli } from '../context.js';
+
+/**
+ * Helpers for defining commands. Command modules import only commander and these helpers at the top;
+ * the SDK and the queue are loaded when an action runs, so `lading --help` stays fast.
+ */
+
+/** Every command takes --json. */
+export function withJson(cmd: Command): Command {
+  return cmd.option('--json', 'print machine-readable JSON instead of text');
+}
+
+/** The `Example:` section of a command's --help. */
+export function examples(cmd: Command, lines: string[]): Command {
+  return cmd.addHelpText('after', `\nExample:\n${lines.map((l) => (l.startsWith('#') || l === '' ? `  ${l}` : `  $ ${l}`)).join('\n')}\n`);
+}
+
+/** For repeatable options: `--header a=1 --header b=2`. */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+export function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a whole number of at least 1.');
+  return n;
+}
+
+export function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number of at least 0.');
+  return n;
+}
+
+/**
+ * Attach an action that gets a Cli (config, queue, output), its positional arguments and options.
+ * The Cli is closed afterwards whatever happens; errors propagate to main, which prints them.
+ */
+export function action<O extends OptionValues, A extends unknown[] = []>(cmd: Command, fn: (cli: Cli, options: O, ...args: A) => Promise<void>): Command {
+  return cmd.action(async (...all: unknown[]) => {
+    const command = all.at(-1) as Command;
+    const options = all.at(-2) as O;
+    const args = all.slice(0, -2) as A;
+    const { Cli } = await import('../context.js');
+    const cli = Cli.fromCommand(command);
+    try {
+      await fn(cli, options, ...args);
+    } finally {
+      await cli.close();
+    }
+  });
+}
