@@ -28,7 +28,11 @@ if (run(process.execPath, [tsc, '-b', 'tsconfig.build.json']).status !== 0) {
   process.exit(1);
 }
 
-// 3. Every test, with a JSON report beside the usual output.
+// 3. Type-check the tests and examples too (the build above covers only the packages' sources).
+const typecheck = run(process.execPath, [tsc, '-p', 'tsconfig.json', '--noEmit']);
+if (typecheck.status !== 0) console.error('error: the type check of tests and examples failed (see above)');
+
+// 4. Every test, with a JSON report beside the usual output.
 mkdirSync(join(root, '.ci-out'), { recursive: true });
 const report = join(root, '.ci-out/vitest.json');
 const vitest = join(root, 'node_modules/vitest/vitest.mjs');
@@ -48,5 +52,6 @@ if (existsSync(report)) {
 } else {
   failed = 1;
 }
+if (typecheck.status !== 0) failed++;
 console.log(`tests: ${passed} passed, ${failed} failed, ${skipped} skipped`);
 process.exit(failed > 0 || passed === 0 || result.status !== 0 ? 1 : 0);

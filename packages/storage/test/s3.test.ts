@@ -134,7 +134,7 @@ describe('s3 driver', () => {
     await s.write('obj', body);
     const file = join(server.dir, server.bucket, 'rest', 'obj._S3rver_object');
     const stored = await readFile(file);
-    stored[100] ^= 0xff;
+    stored[100] = stored[100]! ^ 0xff;
     await writeFile(file, stored);
     await expect(collect(await s.read('obj'))).rejects.toMatchObject({ code: 'CHECKSUM_MISMATCH' });
     // A range cannot be checked against the whole-object hash, only for its length.

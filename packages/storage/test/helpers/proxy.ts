@@ -61,7 +61,8 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
       transform(chunk: Buffer, _enc, cb) {
         if (corrupt && !flipped && chunk.length > 0) {
           chunk = Buffer.from(chunk);
-          chunk[chunk.length >> 1] ^= 0xff;
+          const mid = chunk.length >> 1;
+          chunk[mid] = chunk[mid]! ^ 0xff;
           flipped = true;
         }
         cb(null, chunk);
