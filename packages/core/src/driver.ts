@@ -114,7 +114,7 @@ export interface QueueDriver {
   ensureTopic(name: string, policy?: TopicPolicyInput, options?: { update?: boolean }): Promise<TopicInfo>;
   getTopic(name: string): Promise<TopicInfo | undefined>;
   listTopics(): Promise<TopicInfo[]>;
-  /** Register a consumer group on a topic. A new group starts from the oldest retained message. */
+  /** Register a consumer group on a topic. A new group starts from the oldest message the queue still holds. */
   ensureGroup(topic: string, group: string): Promise<void>;
 
   /** Publish envelopes. With `durable`, resolves once they survive a crash (fsync / acks=-1). */

@@ -98,8 +98,12 @@ export class Hospital {
     const out: HospitalRecord[] = [];
     const limit = filter.limit ?? Number.POSITIVE_INFINITY;
     const seen = new Set<string>();
+    // Act on the records admitted before the act began: a retry of messages that fail again admits
+    // new records while it runs, and chasing those would redrive them forever.
+    const startedAt = Date.now();
+    const snapshot: HospitalFilter = { ...filter, until: Math.min(filter.until ?? startedAt, startedAt) };
     while (out.length < limit) {
-      const page = (await this.list({ ...filter, limit: Math.min(500, limit - out.length) })).filter((r) => !seen.has(r.hid));
+      const page = (await this.list({ ...snapshot, limit: Math.min(500, limit - out.length) })).filter((r) => !seen.has(r.hid));
       if (page.length === 0) break;
       for (const r of page) {
         seen.add(r.hid);
