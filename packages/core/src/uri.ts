@@ -8,7 +8,7 @@ export type QueueAddress =
   | { kind: 'kafka'; brokers: string[]; options: Record<string, string> };
 
 const SQLITE_OPTIONS = new Set(['busyTimeoutMs']);
-const KAFKA_OPTIONS = new Set(['clientId', 'ssl', 'sasl', 'username', 'password', 'stateTopic', 'partitions', 'replicationFactor']);
+const KAFKA_OPTIONS = new Set(['clientId', 'ssl', 'sasl', 'username', 'password', 'stateTopic', 'partitions', 'replicationFactor', 'sessionTimeoutMs', 'retries', 'connectionTimeoutMs']);
 
 /** Parse a queue URI without opening anything. */
 export function parseQueueUri(uri: string): QueueAddress {
@@ -49,5 +49,7 @@ export async function openQueueDriver(uri: string): Promise<QueueDriver> {
     const { SqliteQueueDriver } = await import('./drivers/sqlite.js');
     return SqliteQueueDriver.open(address.path, address.options);
   }
-  throw new LadingError('UNSUPPORTED', 'the Kafka driver is not built yet in this version of lading', { hint: 'use the embedded default, sqlite:./.lading/queue.db' });
+  // Loaded only here, so that the embedded default never loads kafkajs.
+  const { KafkaQueueDriver } = await import('./drivers/kafka/index.js');
+  return KafkaQueueDriver.open(uri, address.brokers, address.options);
 }
