@@ -4,7 +4,13 @@ import { registerConsume } from './commands/consume.js';
 import { registerDemo } from './commands/demo.js';
 import { registerHospital } from './commands/hospital.js';
 import { registerPublish } from './commands/publish.js';
+import { registerStatus } from './commands/status.js';
+import { registerCache } from './commands/cache.js';
+import { registerStore } from './commands/store.js';
+import { registerSubmit } from './commands/submit.js';
 import { registerTopics } from './commands/topics.js';
+import { registerWait } from './commands/wait.js';
+import { registerWorker } from './commands/worker.js';
 import { EXIT_CODES_HELP, ExitCode, exitState, reportError, reportUsageError, scanGlobalFlags } from './errors.js';
 
 const VERSION = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
@@ -13,7 +19,7 @@ const VERSION = (createRequire(import.meta.url)('../package.json') as { version:
  * Command groups, one module each. Later ones (submit, worker, status, wait, store, cache, bench)
  * plug in here with a `register<Name>(program)` of their own.
  */
-const COMMAND_GROUPS: ((program: Command) => void)[] = [registerDemo, registerPublish, registerConsume, registerTopics, registerHospital];
+const COMMAND_GROUPS: ((program: Command) => void)[] = [registerDemo, registerPublish, registerConsume, registerTopics, registerHospital, registerSubmit, registerWorker, registerStatus, registerWait, registerStore, registerCache];
 
 export function buildProgram(): Command {
   const program = new Command('lading')

@@ -16,6 +16,10 @@ const COMMANDS = [
   ['hospital', 'ignore'],
   ['hospital', 'report'],
   ['hospital', 'purge'],
+  ['submit'],
+  ['worker'],
+  ['status'],
+  ['wait'],
 ];
 
 describe('--help', () => {

@@ -73,8 +73,9 @@ export async function submit(spec: JobSpec, options: SubmitOptions): Promise<Job
     let shards = 0;
     let inputs = 0;
     let bytes = 0;
+    let duplicates = 0;
     const flush = async () => {
-      if (batch.length) await queue.publishMany(spec.topic, batch);
+      if (batch.length) duplicates += (await queue.publishMany(spec.topic, batch)).filter((r) => r.duplicate).length;
       batch = [];
     };
     for (const pattern of spec.inputs) {
@@ -96,7 +97,9 @@ export async function submit(spec: JobSpec, options: SubmitOptions): Promise<Job
     options.onShard?.(shards);
     const record: JobRecord = { id: spec.id, name: spec.name, topic: spec.topic, output: spec.output, shards, inputs, bytes, submittedAt: new Date().toISOString(), spec };
     await store.write(jobKey(spec.id), JSON.stringify(record, null, 2), { contentType: 'application/json' });
-    return new Job(record, queue, store);
+    const job = new Job(record, queue, store);
+    job.submission = { published: shards - duplicates, duplicates };
+    return job;
   } finally {
     if (ownStores) await stores.close();
   }
@@ -105,6 +108,11 @@ export async function submit(spec: JobSpec, options: SubmitOptions): Promise<Job
 /** A submitted job: status and wait. */
 export class Job {
   private last: { at: number; done: number } | undefined;
+  /**
+   * Set on the Job `submit` returns: tasks newly published, and tasks dropped as duplicates of an earlier
+   * submit of the same spec (deterministic shard ids), so a resubmit shows `published: 0`.
+   */
+  submission: { published: number; duplicates: number } | undefined;
 
   constructor(readonly record: JobRecord, private readonly queue: Queue, private readonly store: BlobStore) {}
 

@@ -71,13 +71,16 @@ export function parseJobSpec(input: unknown, options: { baseDir?: string; source
   const parsed = JobSpecSchema.safeParse(input);
   const where = options.source ? `${options.source}: ` : '';
   if (!parsed.success) {
-    throw new LadingError('BAD_JOB_SPEC', `${where}${describeZodError(parsed.error)}`, {
+    throw new LadingError('BAD_JOB_SPEC', `${where}${describeSpecError(parsed.error)}`, {
       hint: 'a job spec needs handler, inputs, output; sharding is {by: file} | {by: bytes, size: 256MiB, align: newline} | {by: records, count: 10000}',
     });
   }
   const spec = parsed.data;
-  const handler = resolveHandler(spec.handler, options.baseDir ?? process.cwd());
-  const withHandler = { ...spec, handler };
+  const baseDir = options.baseDir ?? process.cwd();
+  const handler = resolveHandler(spec.handler, baseDir);
+  // Relative `file:` inputs and output are relative to the spec (like the handler), and made absolute here:
+  // workers on other nodes or in other directories must see the same paths.
+  const withHandler = { ...spec, handler, inputs: spec.inputs.map((u) => resolveFileUri(u, baseDir)), output: resolveFileUri(spec.output, baseDir) };
   return { ...withHandler, id: spec.id ?? jobIdOf(withHandler) };
 }
 
@@ -93,7 +96,10 @@ export async function loadJobSpec(file: string): Promise<JobSpec> {
   try {
     value = /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text);
   } catch (e) {
-    throw new LadingError('BAD_JOB_SPEC', `${file} is not valid ${/\.ya?ml$/i.test(file) ? 'YAML' : 'JSON'}: ${(e as Error).message.split('\n')[0]}`);
+    const yaml = /\.ya?ml$/i.test(file);
+    throw new LadingError('BAD_JOB_SPEC', `${file} is not valid ${yaml ? 'YAML' : 'JSON'}: ${(e as Error).message.split('\n')[0]!.replace(/:\s*$/, '')}`, {
+      hint: yaml ? 'fix the YAML syntax (indent with spaces, close brackets, quote strings with ":" in them)' : 'fix the JSON syntax (double quotes, no trailing commas), or write the spec as .yaml',
+    });
   }
   return parseJobSpec(value, { baseDir: dirname(resolve(file)), source: file });
 }
@@ -102,6 +108,39 @@ function resolveHandler(handler: string, baseDir: string): string {
   if (handler.startsWith('file:') || handler.startsWith('node:')) return handler;
   if (handler.startsWith('.') || isAbsolute(handler)) return pathToFileURL(isAbsolute(handler) ? handler : resolve(baseDir, handler)).href;
   return handler; // a package name, resolved by the worker
+}
+
+/** `file:./data/*.jsonl` → `file:/abs/spec/dir/data/*.jsonl`; absolute paths and other schemes unchanged. */
+function resolveFileUri(uri: string, baseDir: string): string {
+  if (!uri.startsWith('file:') || uri.startsWith('file://')) return uri;
+  const q = uri.indexOf('?');
+  const path = q >= 0 ? uri.slice(5, q) : uri.slice(5);
+  if (path === '' || isAbsolute(path)) return uri;
+  return `file:${resolve(baseDir, path)}${/[/\\]$/.test(path) ? '/' : ''}${q >= 0 ? uri.slice(q) : ''}`;
+}
+
+const SPEC_FIELDS: Record<string, readonly string[]> = {
+  '': Object.keys(JobSpecSchema.shape),
+  retries: ['maxAttempts', 'backoff'],
+  'retries.backoff': Object.keys(BackoffSchema.shape),
+  sharding: ['by', 'size', 'align', 'count'],
+};
+
+/** Zod issues as `field: problem`, with unknown fields named one by one. */
+function describeSpecError(error: z.ZodError): string {
+  const lines: string[] = [];
+  for (const issue of error.issues) {
+    const at = issue.path.map(String).join('.');
+    if (issue.code === 'unrecognized_keys') {
+      const known = SPEC_FIELDS[at];
+      for (const k of issue.keys) lines.push(`${at ? `${at}.` : ''}${k}: unknown field${known ? ` (known: ${known.join(', ')})` : ''}`);
+    } else if (issue.code === 'invalid_type' && /received undefined$/.test(issue.message)) {
+      lines.push(`${at || '(root)'}: required (missing)`);
+    } else {
+      lines.push(`${at || '(root)'}: ${issue.message.replace(/^Invalid input:\s*/, '')}`);
+    }
+  }
+  return lines.join('; ') || describeZodError(error);
 }
 
 function canonical(value: unknown): string {

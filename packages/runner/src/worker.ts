@@ -47,7 +47,7 @@ function threadFile(): string {
 /**
  * A node's worker: takes shard tasks from the queue (group `lading.workers`) and runs their handlers
  * in a Piscina pool of worker threads. Events: `started`, `done`, `skipped` (already committed),
- * `failed`, `progress`, `log`.
+ * `failed`, `released` (handed back unfinished on close), `progress`, `log`.
  */
 export class RunnerWorker extends EventEmitter {
   readonly pool: Piscina;
@@ -112,7 +112,10 @@ export class RunnerWorker extends EventEmitter {
       this.emit('done', { ...event, outputs: result.outputs });
     } catch (e) {
       const error = timedOut ? Object.assign(new Error(`shard ${task.shard.id} timed out after ${task.timeoutMs} ms; its thread was terminated`), { name: 'TimeoutError' }) : e;
-      this.emit('failed', { ...event, error });
+      // Aborted because the worker is closing: the consumer hands the task back (not an attempt), so not `failed`.
+      const reason: unknown = signal.reason;
+      const handedBack = !timedOut && signal.aborted && reason instanceof Error && (reason as { code?: unknown }).code === 'CLOSED';
+      this.emit(handedBack ? 'released' : 'failed', { ...event, error });
       throw error;
     } finally {
       clearTimeout(timer);

@@ -10,7 +10,7 @@ interface DemoOptions {
 export function registerDemo(program: Command): void {
   const cmd = program
     .command('demo')
-    .description('run lading end to end on the embedded default (SQLite queue + local store), no server: publish, pub/sub, routing, retries, the error hospital, a retry, the claim check')
+    .description('run lading end to end on the embedded default (SQLite queue + local store), no server: publish, pub/sub, routing, retries, the error hospital, a retry, the claim check, a sharded job run by a worker')
     .option('--dir <dir>', 'keep the demo queue and store in DIR to explore afterwards (default: a temporary directory, removed at the end)');
   withJson(cmd);
   examples(cmd, ['lading demo', 'lading demo --dir ./demo && lading hospital list --queue sqlite:./demo/queue.db --state any']);
@@ -161,16 +161,115 @@ async function demo(cli: Cli, o: DemoOptions): Promise<void> {
       summary.claimCheck = null;
     }
 
+    // 8. A sharded job: submit, a worker with 2 threads, status, outputs.
+    if (store) summary.job = await jobStage(dir, queue, say);
+    else {
+      say('8. a sharded job: skipped (the storage package is not available in this build)');
+      summary.job = null;
+    }
+
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
     summary.seconds = Number(seconds);
     say('');
     say(`done in ${seconds}s.`);
-    if (keep) say(`explore: lading hospital list --queue ${queueUri} --state any`);
+    if (keep) {
+      say(`explore: lading hospital list --queue ${queueUri} --state any`);
+      if (store) say(`         lading status --queue ${queueUri} --store file:${join(dir, 'store')}`);
+    }
     else say('keep the queue to explore it: lading demo --dir ./demo');
     cli.out.result(summary);
   } finally {
     await queue.close();
     await closeStore(store);
     if (!keep) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const WORDCOUNT_HANDLER = `// A lading shard handler: runs in a worker thread, once per shard (a newline-aligned byte range).
+export default async function wordcount(ctx) {
+  let records = 0;
+  let words = 0;
+  for await (const { line } of ctx.lines()) {
+    if (!line) continue;
+    const { text } = JSON.parse(line);
+    records++;
+    words += text.split(/\\s+/).filter(Boolean).length;
+  }
+  const name = ctx.shard.key.replace(/\\.jsonl$/, '') + '-' + String(ctx.shard.start).padStart(6, '0') + '.json';
+  await ctx.write(name, JSON.stringify({ input: ctx.shard.key, start: ctx.shard.start, end: ctx.shard.end, records, words }) + '\\n');
+  return { records, words };
+}
+`;
+
+const WORDCOUNT_SPEC = `# A lading job spec: lading submit wordcount.yaml
+name: wordcount
+handler: ./wordcount.mjs
+inputs: [file:./corpus/*.jsonl]
+sharding: { by: bytes, size: 4KiB, align: newline }
+output: file:./out
+retries: { maxAttempts: 2 }
+`;
+
+/** Stage 8: a few generated JSONL files, a job spec and a handler in the demo dir; submit; a 2-thread worker; status; outputs. */
+async function jobStage(dir: string, queue: Queue, say: (line?: string) => void): Promise<Record<string, unknown>> {
+  const { formatBytes } = await import('@lading/core');
+  const { loadJobSpec, startWorker, submit } = await import('@lading/runner');
+  const { openStore } = await import('@lading/storage');
+  const { mkdir, readdir, readFile, stat, writeFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+
+  const words = ['tensor', 'shard', 'lease', 'queue', 'cargo', 'bill', 'node', 'thread', 'byte', 'range', 'lustre', 'slurm'];
+  await mkdir(join(dir, 'corpus'), { recursive: true });
+  let records = 0;
+  let bytes = 0;
+  for (let f = 0; f < 3; f++) {
+    const lines: string[] = [];
+    for (let i = 0; i < 150; i++) {
+      const n = 3 + ((i * 7 + f * 5) % 11);
+      const text = Array.from({ length: n }, (_, j) => words[(i + j * 3 + f) % words.length]).join(' ');
+      lines.push(JSON.stringify({ id: `${f}-${i}`, text }));
+    }
+    const body = `${lines.join('\n')}\n`;
+    records += lines.length;
+    bytes += Buffer.byteLength(body);
+    await writeFile(join(dir, 'corpus', `part-${f}.jsonl`), body);
+  }
+  await writeFile(join(dir, 'wordcount.mjs'), WORDCOUNT_HANDLER);
+  await writeFile(join(dir, 'wordcount.yaml'), WORDCOUNT_SPEC);
+  say(`8. a sharded job: 3 JSONL files (${records} records, ${formatBytes(bytes)}) cut into 4 KiB newline-aligned shards`);
+
+  const jobStore = await openStore(`file:${join(dir, 'store')}`);
+  const worker = startWorker({ queue, threads: 2 });
+  try {
+    const spec = await loadJobSpec(join(dir, 'wordcount.yaml'));
+    const job = await submit(spec, { queue, store: jobStore });
+    say(`   $ lading submit wordcount.yaml  ->  job ${job.id}: ${job.record.shards} shards from ${job.record.inputs} inputs`);
+    const events = { started: 0, done: 0 };
+    worker.on('started', () => events.started++);
+    worker.on('done', () => events.done++);
+    const status = await Promise.race([
+      job.wait({ pollMs: 25 }),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('demo: the job did not finish in 20 s')), 20_000).unref()),
+    ]);
+    say(`   $ lading worker --threads 2     ->  ran ${events.done} shards in 2 worker threads (${queue.identity.label})`);
+    say(`   $ lading status ${job.id}  ->  ${status.ok ? 'finished' : 'finished with shards in the hospital'}: done ${status.done}/${status.total}, running ${status.running}, queued ${status.queued}, retrying ${status.retrying}, hospital ${status.hospital}`);
+    const outDir = join(dir, 'out');
+    const names = (await readdir(outDir)).filter((n) => n.endsWith('.json')).sort();
+    let counted = 0;
+    let totalWords = 0;
+    const outputs: { name: string; size: number; records: number; words: number }[] = [];
+    for (const name of names) {
+      const r = JSON.parse(await readFile(join(outDir, name), 'utf8')) as { records: number; words: number };
+      counted += r.records;
+      totalWords += r.words;
+      outputs.push({ name, size: (await stat(join(outDir, name))).size, records: r.records, words: r.words });
+    }
+    say(`   outputs in ${job.record.output} (${names.length} objects, one per shard; ${counted} of ${records} records counted, ${totalWords} words):`);
+    const shown = outputs.length > 6 ? [...outputs.slice(0, 3), undefined, ...outputs.slice(-2)] : outputs;
+    for (const o of shown) say(o ? `     ${o.name.padEnd(20)} ${String(o.records).padStart(3)} records ${String(o.words).padStart(5)} words` : `     … ${outputs.length - 5} more`);
+    return { id: job.id, shards: job.record.shards, inputs: job.record.inputs, bytes: job.record.bytes, records, status, outputs: outputs.map((o) => o.name), counted, words: totalWords };
+  } finally {
+    await worker.close({ graceMs: 1000 });
+    await jobStore.close();
   }
 }
