@@ -5,6 +5,7 @@ import { registerDemo } from './commands/demo.js';
 import { registerHospital } from './commands/hospital.js';
 import { registerPublish } from './commands/publish.js';
 import { registerStatus } from './commands/status.js';
+import { registerBench } from './commands/bench.js';
 import { registerCache } from './commands/cache.js';
 import { registerStore } from './commands/store.js';
 import { registerSubmit } from './commands/submit.js';
@@ -19,7 +20,7 @@ const VERSION = (createRequire(import.meta.url)('../package.json') as { version:
  * Command groups, one module each. Later ones (submit, worker, status, wait, store, cache, bench)
  * plug in here with a `register<Name>(program)` of their own.
  */
-const COMMAND_GROUPS: ((program: Command) => void)[] = [registerDemo, registerPublish, registerConsume, registerTopics, registerHospital, registerSubmit, registerWorker, registerStatus, registerWait, registerStore, registerCache];
+const COMMAND_GROUPS: ((program: Command) => void)[] = [registerDemo, registerPublish, registerConsume, registerTopics, registerHospital, registerSubmit, registerWorker, registerStatus, registerWait, registerStore, registerCache, registerBench];
 
 export function buildProgram(): Command {
   const program = new Command('lading')

@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { describe, expect, test } from 'vitest';
+import type { JobStatus } from '@lading/runner';
 import { BIN, cliEnv, expectUserError, lading, tempDir, type RunResult } from './helpers.js';
 
 /**
@@ -58,18 +59,8 @@ async function submitJson(cwd: string, spec = 'job.yaml'): Promise<{ id: string;
   return JSON.parse(r.stdout) as { id: string; shards: number; published: number; duplicates: number; next: string[] };
 }
 
-interface StatusJson {
-  id: string;
-  state: string;
-  total: number;
-  queued: number;
-  retrying: number;
-  running: number;
-  done: number;
-  hospital: number;
-  finished: boolean;
-  ok: boolean;
-}
+/** What `lading status JOB --json` prints: the SDK's JobStatus plus the job's state. */
+type StatusJson = JobStatus & { state: string };
 
 describe('submit → workers → wait', () => {
   test('two `lading worker --max-idle 2s` processes run a YAML job; wait exits 0; outputs exist; status --json has the counts', async () => {
