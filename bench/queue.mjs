@@ -13,7 +13,8 @@
 //            add can still be lost for up to ~1 s: weaker than lading's fsync before the ack).
 //
 // lading: the built @lading/core, `sqlite:` file in the bench work dir, one topic with one consumer group
-// (so each publish writes the message, its delivery row and its dedup record — the real path).
+// (so each publish writes the message and its delivery row — the real path; the bench's ids are
+// generated, so no idempotent-publish record: lading keeps one only for caller-given ids).
 import { randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { createRequire } from 'node:module';

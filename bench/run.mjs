@@ -17,7 +17,7 @@ import { ensureRedisServer, startRedis } from './lib/redis.mjs';
 
 const BENCHMARKS = {
   queue: () => import('./queue.mjs'),
-  // storage: () => import('./storage.mjs'),
+  storage: () => import('./storage.mjs'),
   runner: () => import('./runner.mjs'),
   kafka: () => import('./kafka.mjs'),
 };

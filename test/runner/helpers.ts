@@ -112,11 +112,17 @@ export async function fixture(prefix: string): Promise<Fixture> {
   return {
     dir, inDir, outDir, queueUri, queue, store, workers,
     async cleanup() {
-      for (const w of workers) w.kill('SIGKILL');
-      await Promise.all(workers.map((w) => w.exited));
+      // A supervisor may have started a replacement meanwhile: kill until none is left running.
+      for (let seen = 0; seen < workers.length; ) {
+        const batch = workers.slice(seen);
+        seen = workers.length;
+        for (const w of batch) w.kill('SIGKILL');
+        await Promise.all(batch.map((w) => w.exited));
+      }
       await queue.close();
       await store.close();
-      rmSync(dir, { recursive: true, force: true });
+      // A killed worker's files may still be closing: retry ENOTEMPTY / EBUSY a few times.
+      rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
     },
   };
 }

@@ -37,6 +37,47 @@ function badUri(uri: string, why: string): LadingError {
   return new LadingError('BAD_URI', `${JSON.stringify(uri)} is not an object URI: ${why}`, { hint: URI_HINT });
 }
 
+/**
+ * `..` inside a file: path would climb out of the directory the URI names (`file:/data/x/../../etc/passwd`):
+ * refused, like `..` in any key. Leading `..` of a relative path (`file:../data/x.bin`) is how a user names
+ * a sibling of the working directory, and stays allowed.
+ */
+function refuseClimbing(uri: string, rest: string): void {
+  let path = rest;
+  if (path.startsWith('//')) {
+    const slash = path.indexOf('/', 2);
+    path = slash < 0 ? '' : path.slice(slash);
+    try {
+      path = decodeURIComponent(path);
+    } catch {
+      return; // parseStoreUri reports the malformed escape
+    }
+  }
+  const segments = path.split('/');
+  const relative = !path.startsWith('/');
+  let leading = relative;
+  for (const s of segments) {
+    if (leading && (s === '..' || s === '.')) continue;
+    leading = false;
+    if (s === '..') {
+      throw new LadingError('UNSAFE_KEY', `${JSON.stringify(uri)} is refused: its \`..\` segment would climb out of the directory it names`, {
+        hint: 'write the path without `..` (e.g. file:/data/x.bin); lading never resolves `..` inside a path, so a key cannot escape its root',
+      });
+    }
+  }
+}
+
+/** parseStoreUri for the root of an object URI, with errors that name the URI the user wrote. */
+function parseRoot(uri: string, options: { cwd?: string }, root: string = uri): ReturnType<typeof parseStoreUri> {
+  try {
+    return parseStoreUri(root, options);
+  } catch (e) {
+    const m = /^store URI .* is not valid: ([\s\S]*)$/.exec((e as Error).message);
+    if (m && (e as { code?: string }).code === 'BAD_URI') throw badUri(uri, m[1]!);
+    throw e;
+  }
+}
+
 /** Split an object or prefix URI into store root + key. Throws BAD_URI / UNSAFE_KEY (both exit 2). */
 export function splitObjectUri(uri: string, cwd: string = process.cwd()): ObjectLocation {
   const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):([^?#]*)(\?[^#]*)?$/.exec(uri);
@@ -50,7 +91,8 @@ export function splitObjectUri(uri: string, cwd: string = process.cwd()): Object
   const rest = m[2]!;
   const query = m[3] ?? '';
   if (scheme === 'file') {
-    const address = parseStoreUri(uri, { cwd });
+    refuseClimbing(uri, rest);
+    const address = parseRoot(uri, { cwd });
     if (address.scheme !== 'file') throw badUri(uri, 'expected a file: URI');
     const q = address.profile === undefined ? '' : `?profile=${address.profile}`;
     const isPrefix = rest.endsWith('/') || /(^|\/)\.\.?$/.test(rest) || address.path === '/';
@@ -65,7 +107,7 @@ export function splitObjectUri(uri: string, cwd: string = process.cwd()): Object
   if (!rest.startsWith('//')) throw badUri(uri, `write ${scheme}://bucket/key`);
   const slash = rest.indexOf('/', 2);
   const bucket = slash < 0 ? rest.slice(2) : rest.slice(2, slash);
-  const address = parseStoreUri(`${scheme}://${bucket}${query}`);
+  const address = parseRoot(uri, {}, `${scheme}://${bucket}${query}`);
   let key: string;
   try {
     key = decodeURIComponent(slash < 0 ? '' : rest.slice(slash + 1));

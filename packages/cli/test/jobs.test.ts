@@ -63,6 +63,32 @@ async function submitJson(cwd: string, spec = 'job.yaml'): Promise<{ id: string;
 type StatusJson = JobStatus & { state: string };
 
 describe('submit → workers → wait', () => {
+  test('`lading worker --cache-dir` reads shard inputs through the node cache; LADING_CACHE_DIR turns it on, --no-cache off; a budget below one block is a user error', async () => {
+    const { cwd, records } = corpus(2, 300, 'name: cached\nhandler: ./count.mjs\ninputs: [file:./in/*.jsonl]\nsharding: { by: bytes, size: 4KiB, align: newline }\noutput: file:./out\n');
+    const cacheDir = join(cwd, 'nvme-cache');
+    const { id } = await submitJson(cwd);
+    const w = await lading(['worker', '--threads', '2', '--max-idle', '2s', '--cache-dir', cacheDir, '--cache-max', '1GiB', '--json'], { cwd });
+    expect(w.code, explain(w)).toBe(0);
+    expect(JSON.parse(w.stdout.split('\n')[0]!)).toMatchObject({ event: 'ready', cache: { dir: cacheDir, maxBytes: 1024 ** 3 } });
+    const waited = await lading(['wait', id, '--timeout', '30s'], { cwd });
+    expect(waited.code, explain(waited)).toBe(0);
+    expect(countRecords(cwd)).toBe(records);
+    const stats = JSON.parse((await lading(['cache', 'stats', '--cache-dir', cacheDir, '--json'], { cwd })).stdout) as { objects: number; bytes: number };
+    expect(stats.objects).toBe(2); // both inputs; the outputs are never cached
+    expect(stats.bytes).toBeGreaterThan(0);
+
+    // Configured for the node: on by itself; --no-cache wins.
+    const envCache = join(cwd, 'env-cache');
+    const on = await lading(['worker', '--max-idle', '200ms', '--json'], { cwd, env: { LADING_CACHE_DIR: envCache } });
+    expect(JSON.parse(on.stdout.split('\n')[0]!)).toMatchObject({ event: 'ready', cache: { dir: envCache } });
+    const off = await lading(['worker', '--max-idle', '200ms', '--json', '--no-cache'], { cwd, env: { LADING_CACHE_DIR: envCache } });
+    expect(JSON.parse(off.stdout.split('\n')[0]!)).not.toHaveProperty('cache');
+    const none = await lading(['worker', '--max-idle', '200ms', '--json'], { cwd });
+    expect(JSON.parse(none.stdout.split('\n')[0]!)).not.toHaveProperty('cache');
+
+    expectUserError(await lading(['worker', '--max-idle', '200ms', '--cache-dir', cacheDir, '--cache-max', '1KiB'], { cwd }));
+  });
+
   test('two `lading worker --max-idle 2s` processes run a YAML job; wait exits 0; outputs exist; status --json has the counts', async () => {
     const { cwd, records } = corpus(3, 200, 'name: count\nhandler: ./count.mjs\ninputs: [file:./in/*.jsonl]\nsharding: { by: bytes, size: 2KiB, align: newline }\noutput: file:./out\n');
 

@@ -18,6 +18,14 @@ export class UnrecoverableError extends Error {
   override readonly name = 'UnrecoverableError';
 }
 
+/**
+ * Throw from a handler that has not started the work to hand the message back untouched: released at once,
+ * not counted as an attempt (like a hand-back on close). The runner uses it for tasks leased ahead when it drains.
+ */
+export class HandBackError extends Error {
+  override readonly name = 'HandBackError';
+}
+
 /** A delivered message as a handler sees it. */
 export class Message<T = unknown> {
   constructor(
@@ -88,9 +96,41 @@ export interface ConsumeOptions<T = unknown> {
 
 interface InFlight {
   delivery: Delivery;
-  controller: AbortController;
+  /**
+   * Made on first use (a handler reading `ctx.signal`): most handlers never look at it, and an
+   * AbortController with its listener was a measurable share of the cost of a message.
+   */
+  controller: AbortController | undefined;
+  /** Set once by abortEntry (lease lost, timeout, shutdown past the grace period); `reason` is the signal's reason. */
+  aborted: boolean;
+  reason: unknown;
+  /** Rejects the wait on a handler's promise when the entry is aborted. */
+  onAbort: ((reason: unknown) => void) | undefined;
   checkpoint: JsonValue | undefined;
+  /** The handler succeeded and only its ack is left: the slot is free already (see `handlerDone`). */
+  settling: boolean;
   done: Promise<void>;
+}
+
+/** The entry's AbortSignal, made on demand (already aborted if the entry was). */
+function signalOf(entry: InFlight): AbortSignal {
+  if (!entry.controller) {
+    entry.controller = new AbortController();
+    if (entry.aborted) entry.controller.abort(entry.reason);
+  }
+  return entry.controller.signal;
+}
+
+function abortEntry(entry: InFlight, reason: unknown): void {
+  if (entry.aborted) return;
+  entry.aborted = true;
+  entry.reason = reason;
+  entry.controller?.abort(reason);
+  entry.onAbort?.(reason);
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof (value as PromiseLike<unknown>).then === 'function';
 }
 
 export interface ConsumerCounts {
@@ -114,6 +154,8 @@ export class Consumer<T = unknown> extends EventEmitter {
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
   private slotFree: (() => void) | undefined;
+  /** In-flight entries whose handler succeeded and whose ack is being written: they hold no slot. */
+  private settling = 0;
   private heartbeat: NodeJS.Timeout | undefined;
   private policy!: TopicPolicy;
   private closing: Promise<void> | undefined;
@@ -162,14 +204,13 @@ export class Consumer<T = unknown> extends EventEmitter {
     let lastGc = 0;
     try {
       while (!this.stopping) {
-        if (this.inFlight.size >= this.concurrency) {
+        if (this.inFlight.size - this.settling >= this.concurrency) {
+          // Woken through setImmediate (freeSlot): the handlers finishing in this same turn free
+          // their slots too, so one fetch leases many messages instead of one fetch per message.
           await new Promise<void>((resolve) => { this.slotFree = resolve; });
-          // Let the handlers finishing in this same turn free their slots too: one fetch then
-          // leases many messages instead of one fetch (one write transaction) per message.
-          await new Promise<void>((resolve) => setImmediate(resolve));
           continue;
         }
-        const room = this.concurrency - this.inFlight.size;
+        const room = this.concurrency - (this.inFlight.size - this.settling);
         if (Date.now() - lastPolicyRefresh > 2000) {
           this.policy = (await this.queue.topic(this.topic)).policy;
           lastPolicyRefresh = Date.now();
@@ -197,23 +238,49 @@ export class Consumer<T = unknown> extends EventEmitter {
   }
 
   private startOne(delivery: Delivery): void {
-    const controller = new AbortController();
-    const entry: InFlight = { delivery, controller, checkpoint: delivery.checkpoint, done: Promise.resolve() };
+    const entry: InFlight = { delivery, controller: undefined, aborted: false, reason: undefined, onAbort: undefined, checkpoint: delivery.checkpoint, settling: false, done: Promise.resolve() };
     this.inFlight.set(delivery.receipt, entry);
-    entry.done = this.handle(entry)
-      .catch((e: unknown) => { this.emit('error', e); })
-      .finally(() => {
-        this.inFlight.delete(delivery.receipt);
-        this.slotFree?.();
-        this.slotFree = undefined;
-      });
+    entry.done = this.settle(entry);
+  }
+
+  /** Handle one delivery to its end, then free its slot (one async frame rather than a .catch().finally() chain). */
+  private async settle(entry: InFlight): Promise<void> {
+    try {
+      await this.handle(entry);
+    } catch (e) {
+      this.emit('error', e);
+    } finally {
+      this.inFlight.delete(entry.delivery.receipt);
+      if (entry.settling) this.settling--;
+      else this.freeSlot();
+    }
+  }
+
+  /**
+   * Wake the fetch loop if it waits for a slot. Through setImmediate, registered now: the loop's next
+   * fetch then runs before the group commit that this handler's ack is about to schedule, so the acks
+   * and the next fetch share one transaction (one commit per round instead of two).
+   */
+  private freeSlot(): void {
+    const wake = this.slotFree;
+    if (!wake) return;
+    this.slotFree = undefined;
+    setImmediate(wake);
+  }
+
+  /** The handler succeeded: its slot is free for the next message while its ack is written. */
+  private handlerDone(entry: InFlight): void {
+    entry.settling = true;
+    this.settling++;
+    this.freeSlot();
   }
 
   private async handle(entry: InFlight): Promise<void> {
     const d = entry.delivery;
     const driver = this.queue.driver;
     if (!d.envelope) return void (await this.admit(d, 'invalid', new InvalidMessageError(d.invalid ?? 'message is not a valid envelope')));
-    const envelope: Envelope = { ...d.envelope, attempt: d.attempt };
+    // The handler sees the delivery's attempt number (copy only when the stored envelope says otherwise).
+    const envelope: Envelope = d.envelope.attempt === d.attempt ? d.envelope : { ...d.envelope, attempt: d.attempt };
     if (envelope.expiresAt !== undefined && envelope.expiresAt <= Date.now()) {
       if (this.policy.onExpired === 'drop') await driver.ack(d);
       else await this.admit(d, 'expired', new LadingError('BAD_MESSAGE', `message expired at ${new Date(envelope.expiresAt).toISOString()} before it was handled`));
@@ -235,7 +302,7 @@ export class Consumer<T = unknown> extends EventEmitter {
     }
 
     const context: HandlerContext = {
-      signal: entry.controller.signal,
+      get signal() { return signalOf(entry); },
       checkpoint: d.checkpoint,
       worker: this.queue.identity.label,
       saveCheckpoint: async (state) => {
@@ -246,35 +313,41 @@ export class Consumer<T = unknown> extends EventEmitter {
         if (!(await driver.extend(d, { leaseMs: ms ?? this.leaseMs, checkpoint: entry.checkpoint }))) this.leaseLost(entry);
       },
     };
-    // The handler is raced against its signal: a lost lease, a timeout or a shutdown past the grace
-    // period settles the delivery even if the handler ignores the signal.
-    const aborted = new Promise<never>((_, reject) => {
-      entry.controller.signal.addEventListener('abort', () => reject(entry.controller.signal.reason), { once: true });
-    });
-    aborted.catch(() => undefined);
     let timer: NodeJS.Timeout | undefined;
     if (this.options.timeoutMs) {
       const timeoutMs = this.options.timeoutMs;
       timer = setTimeout(() => {
         const err = new Error(`handler timed out after ${timeoutMs} ms`);
         err.name = 'TimeoutError';
-        entry.controller.abort(err);
+        abortEntry(entry, err);
       }, timeoutMs);
     }
     try {
-      await Promise.race([Promise.resolve().then(() => this.handler(message, context)), aborted]);
+      const result = this.handler(message, context);
+      // A promise is raced against the abort: a lost lease, a timeout or a shutdown past the grace
+      // period settles the delivery even if the handler ignores its signal. A plain return value is
+      // final already (nothing could abort it in the same turn), so it needs no promise at all.
+      if (isThenable(result)) {
+        await new Promise<unknown>((resolve, reject) => {
+          entry.onAbort = reject;
+          if (entry.aborted) reject(entry.reason);
+          result.then(resolve, reject);
+        });
+      }
     } catch (e) {
       clearTimeout(timer);
-      const reason: unknown = entry.controller.signal.reason;
-      if (entry.controller.signal.aborted && reason instanceof LadingError && reason.code === 'CONFLICT') return; // lease lost: another consumer owns it now
-      if (entry.controller.signal.aborted && this.stopping && reason instanceof LadingError && reason.code === 'CLOSED') {
+      const reason: unknown = entry.reason;
+      if (entry.aborted && reason instanceof LadingError && reason.code === 'CONFLICT') return; // lease lost: another consumer owns it now
+      if (entry.aborted && this.stopping && reason instanceof LadingError && reason.code === 'CLOSED') {
         await driver.release(d); // handed back on shutdown: not the message's fault
         return;
       }
+      if (e instanceof HandBackError) return void (await driver.release(d)); // not started: not an attempt
       await this.fail(entry, e);
       return;
     }
     clearTimeout(timer);
+    this.handlerDone(entry);
     if (await driver.ack(d)) {
       this.counts.done++;
       this.emit('done', message);
@@ -323,18 +396,19 @@ export class Consumer<T = unknown> extends EventEmitter {
   }
 
   private leaseLost(entry: InFlight): void {
-    if (!entry.controller.signal.aborted) entry.controller.abort(new LadingError('CONFLICT', `lease on message ${entry.delivery.id} was lost`));
+    if (!entry.aborted) abortEntry(entry, new LadingError('CONFLICT', `lease on message ${entry.delivery.id} was lost`));
   }
 
   private async renewLeases(): Promise<void> {
-    for (const entry of this.inFlight.values()) {
-      if (entry.controller.signal.aborted) continue;
+    // All at once, not one after the other: the group commit then writes them in one transaction.
+    await Promise.all([...this.inFlight.values()].map(async (entry) => {
+      if (entry.aborted || entry.settling) return; // a settling entry is being acked
       try {
         if (!(await this.queue.driver.extend(entry.delivery, { leaseMs: this.leaseMs, checkpoint: entry.checkpoint }))) this.leaseLost(entry);
       } catch (e) {
         this.emit('error', e);
       }
-    }
+    }));
   }
 
   /**
@@ -351,7 +425,7 @@ export class Consumer<T = unknown> extends EventEmitter {
       const all = Promise.all([...this.inFlight.values()].map((e) => e.done));
       const timedOut = await Promise.race([all.then(() => false), sleep(grace, true, { ref: false })]);
       if (timedOut) {
-        for (const e of this.inFlight.values()) e.controller.abort(new LadingError('CLOSED', 'consumer closed: handing the message back'));
+        for (const e of this.inFlight.values()) abortEntry(e, new LadingError('CLOSED', 'consumer closed: handing the message back'));
         await all;
       }
       clearInterval(this.heartbeat);

@@ -120,9 +120,10 @@ export interface QueueDriver {
   /** Publish envelopes. With `durable`, resolves once they survive a crash (fsync / acks=-1). */
   /**
    * `dedup[i] === false` says envelope i has a freshly generated id that cannot repeat: the driver may
-   * skip idempotent-publish and consumer-dedup bookkeeping for it.
+   * skip idempotent-publish and consumer-dedup bookkeeping for it. `texts[i]`, when given, is envelope i
+   * already serialised (equal to JSON.stringify of it, field order aside): a driver may store it as is.
    */
-  publish(envelopes: Envelope[], options: { durable: boolean; dedup?: boolean[] | undefined }): Promise<PublishOutcome[]>;
+  publish(envelopes: Envelope[], options: { durable: boolean; dedup?: boolean[] | undefined; texts?: (string | undefined)[] | undefined }): Promise<PublishOutcome[]>;
 
   /** Lease up to `max` deliverable messages of a group, honouring visibility, TTL, per-key order and consumer dedup. */
   fetch(request: FetchRequest): Promise<Delivery[]>;

@@ -8,5 +8,5 @@ export * from './mounts.js';
 export * from './claim-check.js';
 export * from './uri.js';
 export { Queue, openQueue, DEFAULT_QUEUE_URI, DEFAULT_INLINE_LIMIT, type QueueOptions, type PublishOptions, type PublishResult } from './queue.js';
-export { Consumer, Message, InvalidMessageError, UnrecoverableError, type ConsumeOptions, type Handler, type HandlerContext, type ConsumerCounts } from './consumer.js';
+export { Consumer, Message, InvalidMessageError, UnrecoverableError, HandBackError, type ConsumeOptions, type Handler, type HandlerContext, type ConsumerCounts } from './consumer.js';
 export { Hospital, buildReport, renderMarkdown, type HospitalReport, type RetryOptions } from './hospital.js';

@@ -5,7 +5,7 @@ import { text as readText } from 'node:stream/consumers';
 import type { PayloadStore } from './claim-check.js';
 import { Consumer, type ConsumeOptions, type Handler } from './consumer.js';
 import type { PublishOutcome, QueueDriver } from './driver.js';
-import { ENVELOPE_VERSION, TopicNameSchema, describeZodError, newMessageId, type ClaimCheckRef, type Envelope, type PublishInput } from './envelope.js';
+import { ENVELOPE_VERSION, TopicNameSchema, describeZodError, envelopeJson, newMessageId, type ClaimCheckRef, type Envelope, type PublishInput } from './envelope.js';
 import { LadingError } from './errors.js';
 import { Hospital } from './hospital.js';
 import { workerIdentity, type WorkerIdentity } from './identity.js';
@@ -91,8 +91,8 @@ export class Queue {
 
   /** Topic info, created with default policy on first use (like Kafka's auto-create). Cached briefly. */
   async topic(name: string): Promise<TopicInfo> {
-    const hit = this.topicCache.get(name);
-    if (hit && Date.now() - hit.at < 2000) return hit.info;
+    const hit = this.cachedTopic(name);
+    if (hit) return hit;
     checkTopicName(name);
     const info = (await this.driver.getTopic(name)) ?? (await this.driver.ensureTopic(name, {}, { update: false }));
     this.topicCache.set(name, { info, at: Date.now() });
@@ -105,20 +105,43 @@ export class Queue {
     return result!;
   }
 
+  /** The topic's info when the cache holds it fresh: the publish path then needs no await per message. */
+  private cachedTopic(name: string): TopicInfo | undefined {
+    const hit = this.topicCache.get(name);
+    return hit && Date.now() - hit.at < 2000 ? hit.info : undefined;
+  }
+
   /** Publish a batch in one durable write. */
   async publishMany(topic: string, inputs: PublishInput[], options: { fireAndForget?: boolean | undefined } = {}): Promise<PublishResult[]> {
     this.assertOpen();
-    const envelopes: Envelope[] = [];
-    const refs: (ClaimCheckRef | undefined)[] = [];
-    for (const input of inputs) {
-      const env = await this.buildEnvelope(topic, input);
-      envelopes.push(await this.route(env));
-      refs.push(env.ref);
-    }
+    const n = inputs.length;
+    const envelopes: Envelope[] = new Array(n);
+    const texts: (string | undefined)[] = new Array(n);
+    const refs: (ClaimCheckRef | undefined)[] = new Array(n);
     // Only caller-given ids can repeat: generated ones skip the dedup bookkeeping.
-    const write = this.driver.publish(envelopes, { durable: !options.fireAndForget, dedup: inputs.map((i) => i.id !== undefined) }).then((outcomes) => {
-      for (const t of new Set(envelopes.map((e) => e.topic))) this.events.emit('published', t);
-      return outcomes.map((o, i) => ({ ...o, ref: refs[i] }));
+    const dedup: boolean[] = new Array(n);
+    for (let i = 0; i < n; i++) {
+      const input = inputs[i]!;
+      // Awaits only when needed (topic not cached, claim check, routes): each await is a few
+      // microtask hops per message.
+      const info = this.cachedTopic(topic) ?? (await this.topic(topic));
+      let draft = this.draft(topic, info, input);
+      if (draft instanceof Promise) draft = await draft;
+      const env = draft.env;
+      const target = info.policy.routes.length === 0 ? env : await this.route(env);
+      envelopes[i] = target;
+      refs[i] = env.ref;
+      // Serialised here, where the body's JSON text is at hand (the driver would serialise it again).
+      texts[i] = envelopeJson(target, draft.bodyText);
+      dedup[i] = input.id !== undefined;
+    }
+    const write = this.driver.publish(envelopes, { durable: !options.fireAndForget, dedup, texts }).then((outcomes) => {
+      let woken: string | undefined;
+      for (const e of envelopes) {
+        if (e.topic !== woken) this.events.emit('published', (woken = e.topic)); // a repeat only wakes a consumer twice
+      }
+      for (let i = 0; i < outcomes.length; i++) (outcomes[i] as PublishResult).ref = refs[i];
+      return outcomes as PublishResult[];
     });
     if (options.fireAndForget) {
       // Fire and forget: the caller moves on; a failure is reported as an event, not thrown.
@@ -130,7 +153,14 @@ export class Queue {
 
   /** Envelope from a caller's input: ids, times, TTL from the topic policy, claim check for big bodies. */
   async buildEnvelope(topic: string, input: PublishInput): Promise<Envelope> {
-    const info = await this.topic(topic);
+    return (await this.draft(topic, await this.topic(topic), input)).env;
+  }
+
+  /**
+   * buildEnvelope's work, with the body's JSON text (for envelopeJson). Synchronous unless the body goes
+   * by claim check.
+   */
+  private draft(topic: string, info: TopicInfo, input: PublishInput): { env: Envelope; bodyText: string | undefined } | Promise<{ env: Envelope; bodyText: string | undefined }> {
     const now = Date.now();
     const ttlMs = input.ttlMs ?? info.policy.ttlMs;
     const candidate: Record<string, unknown> = {
@@ -154,26 +184,37 @@ export class Queue {
         throw new LadingError('BAD_MESSAGE', `message body cannot be serialised as JSON: ${(e as Error).message}`);
       }
       if (text === undefined) throw new LadingError('BAD_MESSAGE', 'message body is not JSON (a function or undefined?)', { hint: 'publish plain JSON data; put large bytes in the store and publish their URI' });
-      const size = Buffer.byteLength(text);
-      if (size > this.inlineLimit) candidate.ref = await this.checkIn(text, size);
-      else candidate.body = input.body;
+      // A string's UTF-8 size is at most 3 bytes per UTF-16 unit: count the bytes only when it could matter.
+      // Over it maybe: encode once, and that one buffer is measured, hashed and written (a 100 MiB body
+      // is not walked three times).
+      const bytes = text.length * 3 <= this.inlineLimit ? undefined : Buffer.from(text);
+      checkPublishInput(topic, input);
+      if (bytes !== undefined && bytes.length > this.inlineLimit) {
+        return this.checkIn(bytes).then((ref) => {
+          candidate.ref = ref;
+          return { env: candidate as Envelope, bodyText: undefined };
+        });
+      }
+      candidate.body = input.body;
+      return { env: candidate as Envelope, bodyText: text };
     }
     checkPublishInput(topic, input);
-    return candidate as Envelope;
+    return { env: candidate as Envelope, bodyText: undefined };
   }
 
   /** Claim check: the body goes to the store, content-addressed; only its reference travels. */
-  private async checkIn(text: string, size: number): Promise<ClaimCheckRef> {
+  private async checkIn(bytes: Buffer): Promise<ClaimCheckRef> {
+    const size = bytes.length;
     if (!this.store) {
       throw new LadingError('TOO_LARGE', `message body is ${formatBytes(size)}, over the inline limit of ${formatBytes(this.inlineLimit)}, and no store is configured for the claim check`, {
         hint: 'configure a store (--store, LADING_STORE, or `store` in lading.config) so large bodies travel by reference, or raise inlineLimit',
       });
     }
-    const hex = createHash('sha256').update(text).digest('hex');
+    const hex = createHash('sha256').update(bytes).digest('hex');
     const key = `${PAYLOAD_PREFIX}/${hex.slice(0, 2)}/${hex}`;
     const checksum = `sha256:${hex}`;
     const existing = await this.store.stat(key);
-    if (!existing || existing.size !== size) await this.store.write(key, text, { contentType: 'application/json', expectedChecksum: checksum });
+    if (!existing || existing.size !== size) await this.store.write(key, bytes, { contentType: 'application/json', expectedChecksum: checksum });
     return { uri: joinUri(this.store.uri, key), size, checksum, contentType: 'application/json' };
   }
 

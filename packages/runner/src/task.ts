@@ -33,17 +33,52 @@ export function markerKey(job: string, shardId: string): string {
   return `_lading/${job}/done/${shardId}.json`;
 }
 
-/** Messages a worker thread sends to the main thread over its MessagePort. */
-export type ThreadMessage =
-  /** The handler is about to run (its module loaded, stores open): the shard's timeout starts now. */
+const isStr = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * The task in a delivered body, checked by hand: the hot path of the worker, where zod's parse costs more
+ * than the rest of a no-op shard's main-thread work. It accepts exactly what TaskSchema accepts, except that
+ * `params` is only checked to be an object: a delivered body was parsed from JSON, so every value in it is
+ * JSON already. Returns undefined for anything else; the caller then asks TaskSchema (which also words the
+ * error). The result holds only the task's fields, so nothing else crosses into a worker thread.
+ */
+export function readTask(body: unknown): Task | undefined {
+  if (!isRecord(body) || body.kind !== 'lading.shard') return undefined;
+  const { job, jobName, shard: s, handler, output, params, timeoutMs } = body;
+  if (!isStr(job) || !isStr(handler) || !isStr(output) || !isRecord(s)) return undefined;
+  if (jobName !== undefined && typeof jobName !== 'string') return undefined;
+  if (params !== undefined && !isRecord(params)) return undefined;
+  if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && Number.isFinite(timeoutMs) && timeoutMs > 0)) return undefined;
+  if (!isStr(s.id) || !isCount(s.index) || !isStr(s.input) || !isStr(s.storeUri) || !isStr(s.key) || !isCount(s.start) || !isCount(s.end)
+    || !isCount(s.objectSize) || typeof s.etag !== 'string' || (s.align !== 'none' && s.align !== 'newline')) return undefined;
+  const shard = { id: s.id, index: s.index, input: s.input, storeUri: s.storeUri, key: s.key, start: s.start, end: s.end, objectSize: s.objectSize, etag: s.etag, align: s.align as 'none' | 'newline' };
+  const task: Task = { kind: 'lading.shard', job, shard, handler, output, params: (params ?? {}) as Task['params'] };
+  if (jobName !== undefined) task.jobName = jobName;
+  if (timeoutMs !== undefined) task.timeoutMs = timeoutMs;
+  return task;
+}
+
+/**
+ * Messages a worker thread sends to the main thread (over the thread's parentPort, surfacing as the pool's
+ * `message` event), tagged with the run they belong to.
+ */
+export type ThreadMessage = { run: number } & (
+  /** The handler is about to run (its module loaded, stores open, no commit marker): the shard has started. */
   | { type: 'begin' }
-  /** The last message of a run: everything posted before it (checkpoints) has been delivered. */
+  /** A failed run's last message: everything it posted before (checkpoints) has been delivered. */
   | { type: 'end' }
   | { type: 'checkpoint'; state: unknown }
   | { type: 'progress'; done: number; total?: number | undefined }
-  | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string };
+  | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string }
+);
 
 export interface ThreadResult {
+  /** The shard's commit marker was there already: nothing ran. */
+  skipped?: boolean;
   outputs: { key: string; size: number; checksum: string }[];
   result: unknown;
+  /** Messages this run posted: the main thread settles the task once all of them have arrived. */
+  posted: number;
 }

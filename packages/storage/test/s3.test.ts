@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -47,6 +48,20 @@ describe('s3 driver', () => {
     expect((await collect(await s.read('k'))).toString()).toBe('survives throttling');
     proxy.failNext(1, 503, 'ServiceUnavailable');
     expect(await keysOf(s)).toEqual(['k']);
+  });
+
+  it('a multipart upload that cannot reach the server fails with the request\'s error, not lib-storage\'s AbortError', async () => {
+    // Nothing listens on the proxy's port once it is closed: take a fresh one and close it at once.
+    const dead = await startFaultyProxy(server.endpoint);
+    const endpoint = dead.endpoint;
+    await dead.close();
+    const s = new S3Store(parseStoreUri(server.uri('dead', endpoint)) as S3Address, { credentials: server.credentials, maxAttempts: 1, partSize: 5 * MiB });
+    stores.push(s);
+    const file = join(server.dir, 'dead-upload.bin');
+    await writeFile(file, randomBytes(32 * MiB)); // still being read when the first part fails
+    const err = await expectCode(() => s.write('multi', createReadStream(file), { sizeHint: 32 * MiB }), 'BACKEND');
+    expect(err.message).toContain('"multi"');
+    expect(err.message).toMatch(/ECONNREFUSED/);
   });
 
   it('gives up after maxAttempts with an error naming the object', async () => {

@@ -49,6 +49,11 @@ interface Where {
   exists: boolean;
 }
 
+/** The cache directory and budget this invocation uses: flag, env, config file, per-user default. */
+export async function cacheLocation(cli: Cli, o: CacheDirOptions): Promise<Where> {
+  return where(cli, o);
+}
+
 async function where(cli: Cli, o: CacheDirOptions): Promise<Where> {
   const [{ loadConfig }, { defaultCacheDir }, { existsSync }] = await Promise.all([import('../config.js'), import('@lading/storage'), import('node:fs')]);
   const config = loadConfig({ flags: { queue: cli.options.queue, store: cli.options.store, config: cli.options.config, cacheDir: o.cacheDir }, env: cli.env, cwd: cli.cwd });

@@ -17,12 +17,18 @@ interface LsOptions {
 interface StatOptions {
   checksum?: boolean;
 }
-interface CpOptions {
+/** `--cache`, `--cache-dir`, `--cache-max`: read the source through this node's local read-through cache. */
+interface CacheFlags {
+  cache?: boolean;
+  cacheDir?: string;
+  cacheMax?: string;
+}
+interface CpOptions extends CacheFlags {
   verify?: boolean;
   recursive?: boolean;
   parallel: number;
 }
-interface CatOptions {
+interface CatOptions extends CacheFlags {
   range?: string;
 }
 interface RmOptions {
@@ -72,6 +78,7 @@ export function registerStore(program: Command): void {
     .option('--verify', 're-read the destination after the copy and check it hashes to what was written')
     .option('-r, --recursive', 'copy every object under the source prefix to the destination prefix')
     .option('--parallel <n>', 'with --recursive: objects copied at once', positiveInt, 4);
+  cacheFlags(cp);
   withJson(cp);
   examples(cp, [
     'lading store cp file:/mnt/lustre/proj/big.bin s3://bucket/inputs/big.bin',
@@ -85,7 +92,14 @@ export function registerStore(program: Command): void {
     .description('write an object (or a byte range of it) to stdout')
     .argument('<uri>', URI_ARG)
     .option('--range <first-last>', 'bytes FIRST to LAST inclusive (as in HTTP), FIRST- to the end, or -N for the last N; units allowed (1MiB-2MiB)');
-  examples(cat, ['lading store cat s3://bucket/logs/run-42.txt', 'lading store cat file:/data/big.bin --range 0-1023 | xxd | head', 'lading store cat file:/data/log.txt --range -4KiB']);
+  cacheFlags(cat);
+  cat.option('--json', 'errors as JSON on stderr (the bytes themselves are written as they are)');
+  examples(cat, [
+    'lading store cat s3://bucket/logs/run-42.txt',
+    'lading store cat file:/data/big.bin --range 0-1023 | xxd | head',
+    'lading store cat file:/data/log.txt --range -4KiB',
+    'lading store cat s3://bucket/datasets/val.idx --cache > /dev/null   # warm this node\'s cache',
+  ]);
   action<CatOptions, [string]>(cat, catObject);
 
   const rm = store
@@ -100,6 +114,13 @@ export function registerStore(program: Command): void {
   action<RmOptions, [string]>(rm, remove);
 }
 
+function cacheFlags(cmd: Command): Command {
+  return cmd
+    .option('--cache', "read the source through this node's local read-through cache (blocks are kept for the next read; see `lading cache stats`)")
+    .option('--cache-dir <dir>', 'cache directory, implies --cache (env LADING_CACHE_DIR, config cache.dir; default $XDG_CACHE_HOME/lading or ~/.cache/lading)')
+    .option('--cache-max <size>', 'byte budget of the cache, e.g. 200GiB (config cache.max; default 10GiB)');
+}
+
 // ---- helpers ------------------------------------------------------------------------------------
 
 type Storage = typeof import('@lading/storage');
@@ -112,24 +133,50 @@ interface Kit {
   uris: Uris;
   /** Open (once per root) the store of a location; closed with the Cli. */
   open(storeUri: string): Promise<BlobStore>;
+  /** The store to read sources from: `open`, wrapped in the local cache with --cache. */
+  openSource(storeUri: string): Promise<BlobStore>;
   split(uri: string): ObjectLocation;
 }
 
-async function kit(cli: Cli): Promise<Kit> {
+async function kit(cli: Cli, flags: CacheFlags = {}): Promise<Kit> {
   const [core, storage, uris] = await Promise.all([import('@lading/core'), import('@lading/storage'), import('../object-uri.js')]);
   const opened = new Map<string, Promise<BlobStore>>();
+  const cached = new Map<string, Promise<BlobStore>>();
+  let cache: Promise<import('@lading/storage').BlobCache> | undefined;
+  const useCache = flags.cache === true || flags.cacheDir !== undefined;
   cli.onClose(async () => {
+    // Fills finish (or fail) before the backends close; the wrappers own nothing else.
+    await (await cache?.catch(() => undefined))?.idle().catch(() => undefined);
     for (const p of opened.values()) await (await p.catch(() => undefined))?.close();
   });
+  const open = (storeUri: string): Promise<BlobStore> => {
+    let p = opened.get(storeUri);
+    if (p === undefined) {
+      p = storage.openStore(storeUri, { cwd: cli.cwd });
+      opened.set(storeUri, p);
+    }
+    return p;
+  };
   return {
     core,
     storage,
     uris,
-    open(storeUri) {
-      let p = opened.get(storeUri);
+    open,
+    openSource(storeUri) {
+      if (!useCache) return open(storeUri);
+      let p = cached.get(storeUri);
       if (p === undefined) {
-        p = storage.openStore(storeUri, { cwd: cli.cwd });
-        opened.set(storeUri, p);
+        p = (async () => {
+          cache ??= (async () => {
+            const { cacheLocation } = await import('./cache.js');
+            const w = await cacheLocation(cli, flags);
+            return storage.openCache({ dir: w.dir, ...(w.maxBytes !== undefined ? { maxBytes: w.maxBytes } : {}) });
+          })();
+          // The cache first: a bad budget or directory must reject here, not linger unhandled while the store opens.
+          const c = await cache;
+          return new storage.CachedStore(await open(storeUri), c);
+        })();
+        cached.set(storeUri, p);
       }
       return p;
     },
@@ -161,8 +208,19 @@ async function mustStat(k: Kit, store: BlobStore, loc: ObjectLocation): Promise<
     throw new k.core.LadingError('BAD_ARGUMENT', `${loc.given} names a prefix (it ends with /), not an object`, { hint: 'name one object, or list the prefix with `lading store ls`' });
   }
   const st = await store.stat(loc.key);
-  if (st === undefined) throw notFound(k, loc);
+  if (st === undefined) throw await missing(k, loc);
   return st;
+}
+
+/** NOT_FOUND for a missing object; for a `file:` path that is a directory, say so (it is a prefix). */
+async function missing(k: Kit, loc: ObjectLocation, what?: string): Promise<Error> {
+  if (loc.scheme === 'file' && loc.path !== undefined) {
+    const { stat } = await import('node:fs/promises');
+    if ((await stat(loc.path).catch(() => undefined))?.isDirectory()) {
+      return new k.core.LadingError('BAD_ARGUMENT', `${loc.given} is a directory (a prefix), not an object`, { hint: `list it with \`lading store ls ${loc.given}/\`, or name a file in it` });
+    }
+  }
+  return notFound(k, loc, what);
 }
 
 function statJson(uri: string, st: ObjectStat): Record<string, unknown> {
@@ -365,18 +423,18 @@ interface CopyResult {
 }
 
 async function copy(cli: Cli, o: CpOptions, srcUri: string, dstUri: string): Promise<void> {
-  const k = await kit(cli);
+  const k = await kit(cli, o);
   let src = k.split(srcUri);
   let dst = k.split(dstUri);
   const ac = interruptible(cli);
 
-  const srcStore = await k.open(src.storeUri);
+  const srcStore = await k.openSource(src.storeUri);
   let srcStat: ObjectStat | undefined;
   if (!src.isPrefix) srcStat = await srcStore.stat(src.key);
   if (srcStat === undefined) {
     if (!o.recursive) {
       if (src.isPrefix) throw new k.core.LadingError('BAD_ARGUMENT', `${src.given} names a prefix, not an object`, { hint: 'add --recursive to copy everything under it' });
-      throw notFound(k, src);
+      throw await missing(k, src);
     }
     src = k.uris.asPrefix(src);
     await copyTree(cli, k, o, src, k.uris.asPrefix(dst), ac);
@@ -404,7 +462,7 @@ async function intoDirectory(k: Kit, dst: ObjectLocation, name: string): Promise
 
 async function copyOne(cli: Cli, k: Kit, src: ObjectLocation, st: ObjectStat, dst: ObjectLocation, verify: boolean, signal: AbortSignal, progress: boolean): Promise<CopyResult> {
   const { LadingError, formatBytes } = k.core;
-  const srcStore = await k.open(src.storeUri);
+  const srcStore = await k.openSource(src.storeUri);
   const dstStore = await k.open(dst.storeUri);
   const dstFull = k.uris.objectUri(dstStore.uri, dst.key);
   if (srcStore.uri === dstStore.uri && src.key === dst.key) {
@@ -413,10 +471,13 @@ async function copyOne(cli: Cli, k: Kit, src: ObjectLocation, st: ObjectStat, ds
   const t0 = performance.now();
   const verified = ['length'];
   let written: { size: number; checksum: string };
+  let kernel: { size: number; checksum: string } | undefined;
   if (srcStore === dstStore && st.checksum !== undefined) {
     // Same store and a known checksum: let the backend copy (S3 CopyObject; the checksum travels with it).
     written = await dstStore.copy(src.key, dst.key);
     verified.push('server-side');
+  } else if (!(progress && cli.out.interactive) && srcStore.kind === 'file' && dstStore.kind === 'file' && (kernel = await kernelCopy(k, srcStore, src.key, dstStore, dst.key)) !== undefined) {
+    written = kernel;
   } else {
     const bar = progress ? await byteProgress(cli, st.size, 'copying', formatBytes) : undefined;
     try {
@@ -459,8 +520,39 @@ async function copyOne(cli: Cli, k: Kit, src: ObjectLocation, st: ObjectStat, ds
   return { src: k.uris.objectUri(srcStore.uri, src.key), dst: dstFull, size: written.size, checksum: written.checksum, verified, seconds: (performance.now() - t0) / 1000 };
 }
 
+/**
+ * file: → file: without a progress bar to feed: the file system's own copy (copy_file_range), through a
+ * FileStore rooted at the two paths' common directory, which hashes the copy as it is flushed. Undefined when
+ * that cannot be used (names a store key may not have, a symlink leading elsewhere): the caller streams.
+ */
+async function kernelCopy(k: Kit, srcStore: BlobStore, srcKey: string, dstStore: BlobStore, dstKey: string): Promise<{ size: number; checksum: string } | undefined> {
+  const srcRoot = (srcStore as { root?: unknown }).root;
+  const dstRoot = (dstStore as { root?: unknown }).root;
+  if (typeof srcRoot !== 'string' || typeof dstRoot !== 'string') return undefined;
+  const { dirname, join, relative, sep } = await import('node:path');
+  const srcPath = join(srcRoot, srcKey);
+  const dstPath = join(dstRoot, dstKey);
+  const a = dirname(srcPath).split(sep);
+  const b = dirname(dstPath).split(sep);
+  let n = 0;
+  while (n < a.length && n < b.length && a[n] === b[n]) n++;
+  const root = a.slice(0, n).join(sep) || sep;
+  const from = relative(root, srcPath).split(sep).join('/');
+  const to = relative(root, dstPath).split(sep).join('/');
+  if (!k.storage.isSafeKey(from) || !k.storage.isSafeKey(to)) return undefined;
+  const store = await k.storage.FileStore.open(root);
+  try {
+    return await store.copy(from, to);
+  } catch (e) {
+    if (k.core.isLadingError(e) && e.code === 'UNSAFE_KEY') return undefined;
+    throw e;
+  } finally {
+    await store.close();
+  }
+}
+
 async function copyTree(cli: Cli, k: Kit, o: CpOptions, src: ObjectLocation, dst: ObjectLocation, ac: AbortController): Promise<void> {
-  const srcStore = await k.open(src.storeUri);
+  const srcStore = await k.openSource(src.storeUri);
   const t0 = performance.now();
   let copied = 0;
   let bytes = 0;
@@ -481,9 +573,9 @@ async function copyTree(cli: Cli, k: Kit, o: CpOptions, src: ObjectLocation, dst
 // ---- cat ----------------------------------------------------------------------------------------
 
 async function catObject(cli: Cli, o: CatOptions, uri: string): Promise<void> {
-  const k = await kit(cli);
+  const k = await kit(cli, o);
   const loc = k.split(uri);
-  const store = await k.open(loc.storeUri);
+  const store = await k.openSource(loc.storeUri);
   const range = o.range === undefined ? undefined : k.uris.parseRange(o.range);
   let start = 0;
   let end: number | undefined;
@@ -492,13 +584,20 @@ async function catObject(cli: Cli, o: CatOptions, uri: string): Promise<void> {
     start = Math.max(0, st.size - range.suffix);
   } else if (range !== undefined) {
     ({ start, end } = range);
+    if (start > 0) {
+      // A range that starts past the end names no bytes: say so rather than print nothing (HTTP answers 416).
+      const st = await mustStat(k, store, loc);
+      if (start >= st.size) {
+        throw new k.core.LadingError('BAD_ARGUMENT', `--range ${o.range}: ${loc.given} has ${st.size} bytes, so byte ${start} is past its end`, { hint: `ask for bytes 0-${Math.max(0, st.size - 1)} or fewer, or -N for the last N` });
+      }
+    }
   }
   if (loc.isPrefix) await mustStat(k, store, loc); // a clear error for a prefix
   let body: Readable;
   try {
     body = await store.read(loc.key, { start, ...(end !== undefined ? { end } : {}) });
   } catch (e) {
-    if (k.core.isLadingError(e) && e.code === 'NOT_FOUND') throw notFound(k, loc);
+    if (k.core.isLadingError(e) && e.code === 'NOT_FOUND') throw await missing(k, loc);
     throw e;
   }
   const { pipeline } = await import('node:stream/promises');
@@ -521,7 +620,7 @@ async function remove(cli: Cli, o: RmOptions, uri: string): Promise<void> {
         else cli.out.note(`nothing to delete: ${loc.given} does not exist`);
         return;
       }
-      throw notFound(k, loc);
+      throw await missing(k, loc);
     }
     await store.delete(loc.key);
     if (cli.json) cli.out.result({ deleted: 1, bytes: st.size, uri: k.uris.objectUri(store.uri, st.key) });

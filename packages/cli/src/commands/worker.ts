@@ -12,6 +12,10 @@ interface WorkerOptions {
   lease?: string;
   grace: string;
   maxIdle?: string;
+  /** `--cache` / `--no-cache`: undefined when neither was given. */
+  cache?: boolean;
+  cacheDir?: string;
+  cacheMax?: string;
 }
 
 export function registerWorker(program: Command): void {
@@ -22,11 +26,16 @@ export function registerWorker(program: Command): void {
     .option('--topic <name>', 'task topic to take shards from (a job spec\'s `topic`; default lading.tasks)')
     .option('--lease <duration>', "lease per shard, renewed from the main thread while the shard runs (default: the topic's, 30s)")
     .option('--grace <duration>', 'on SIGTERM / SIGINT: how long running shards may finish before they are handed back', '30s')
-    .option('--max-idle <duration>', 'exit 0 once no shard has run for this long, e.g. 10s (for scripts, tests and batch allocations)');
+    .option('--max-idle <duration>', 'exit 0 once no shard has run for this long, e.g. 10s (for scripts, tests and batch allocations)')
+    .option('--cache', "read shard inputs through this node's local read-through cache (on by itself when LADING_CACHE_DIR or the config's cache.dir is set)")
+    .option('--no-cache', 'read shard inputs straight from their stores, even when a cache directory is configured')
+    .option('--cache-dir <dir>', 'cache directory on a local SSD, implies --cache (env LADING_CACHE_DIR, config cache.dir; default $XDG_CACHE_HOME/lading or ~/.cache/lading)')
+    .option('--cache-max <size>', 'byte budget of the cache, e.g. 200GiB (config cache.max; default 10GiB)');
   withJson(cmd);
   examples(cmd, [
     'lading worker',
     'lading worker --threads 8 --max-idle 5m',
+    'lading worker --cache-dir /local/nvme/$USER/lading --cache-max 200GiB   # inputs read through the node\'s SSD',
     'lading worker --json >> worker-$(hostname).jsonl',
     '',
     '# Slurm: one worker per node, every core of it',
@@ -57,7 +66,8 @@ async function runWorker(cli: Cli, o: WorkerOptions): Promise<void> {
     else out.line(`${time} ${identity.label} ${event.padEnd(8)} ${text}`);
   };
 
-  const worker = startWorker({ queue, topic, threads, ...(leaseMs !== undefined ? { leaseMs } : {}), graceMs });
+  const cache = await workerCache(cli, o);
+  const worker = startWorker({ queue, topic, threads, ...(leaseMs !== undefined ? { leaseMs } : {}), graceMs, ...(cache ? { cache } : {}) });
   const startedAt = new Map<string, number>();
   const counts = { started: 0, done: 0, failed: 0, skipped: 0, hospital: 0, handedBack: 0 };
   let lastActivity = Date.now();
@@ -114,8 +124,8 @@ async function runWorker(cli: Cli, o: WorkerOptions): Promise<void> {
   });
   worker.on('error', (e: unknown) => out.warn(`worker: ${e instanceof Error ? e.message : String(e)}`));
 
-  emit('ready', `${threads} thread${threads === 1 ? '' : 's'} on topic ${topic} (queue ${cli.config().queue}${leaseMs !== undefined ? `, lease ${formatMs(leaseMs)}` : ''}, grace ${formatMs(graceMs)}${maxIdleMs !== undefined ? `, exits after ${formatMs(maxIdleMs)} idle` : ''})`, {
-    topic, threads, queue: cli.config().queue, graceMs, ...(leaseMs !== undefined ? { leaseMs } : {}), ...(maxIdleMs !== undefined ? { maxIdleMs } : {}),
+  emit('ready', `${threads} thread${threads === 1 ? '' : 's'} on topic ${topic} (queue ${cli.config().queue}${leaseMs !== undefined ? `, lease ${formatMs(leaseMs)}` : ''}, grace ${formatMs(graceMs)}${cache ? `, cache ${cache.dir} (${formatBytes(cache.maxBytes)})` : ''}${maxIdleMs !== undefined ? `, exits after ${formatMs(maxIdleMs)} idle` : ''})`, {
+    topic, threads, queue: cli.config().queue, graceMs, ...(cache ? { cache } : {}), ...(leaseMs !== undefined ? { leaseMs } : {}), ...(maxIdleMs !== undefined ? { maxIdleMs } : {}),
   });
 
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
@@ -160,4 +170,19 @@ async function runWorker(cli: Cli, o: WorkerOptions): Promise<void> {
   emit('stopped', `${why}: ${counts.done} done, ${counts.failed} failed, ${counts.skipped} skipped, ${counts.hospital} to the hospital${counts.handedBack ? `, ${counts.handedBack} handed back` : ''}`, {
     reason, ...(signal ? { signal } : {}), ...counts, exitCode: ExitCode.OK,
   });
+}
+
+/**
+ * The cache the worker reads inputs through, or undefined: on with --cache / --cache-dir, or when the node
+ * configures a cache directory (LADING_CACHE_DIR, config cache.dir); never with --no-cache. Validated here,
+ * so a bad budget is a usage error before any thread starts.
+ */
+async function workerCache(cli: Cli, o: WorkerOptions): Promise<{ dir: string; maxBytes: number } | undefined> {
+  if (o.cache === false) return undefined;
+  const [{ cacheLocation }, { resolveCacheOptions, DEFAULT_CACHE_MAX }] = await Promise.all([import('./cache.js'), import('@lading/storage')]);
+  const w = await cacheLocation(cli, o);
+  const configured = o.cacheDir !== undefined || w.source !== 'the per-user default';
+  if (o.cache !== true && !configured) return undefined;
+  const resolved = resolveCacheOptions({ dir: w.dir, maxBytes: w.maxBytes ?? DEFAULT_CACHE_MAX });
+  return { dir: resolved.dir, maxBytes: resolved.maxBytes };
 }

@@ -87,6 +87,10 @@ export class S3Store implements BlobStore {
       verifyEtag: options.verifyEtag ?? true,
     };
     const env = process.env;
+    // The SDK warns on every process start under Node < 22 that its releases after January 2027 will need
+    // Node 22. lading pins its SDK versions and supports Node 20 (README), so the warning only says what a
+    // user cannot act on; it is printed into CLI output and job logs. Set the variable to "false" to see it.
+    env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true';
     this.client = new S3Client({
       // Without a region the SDK's own chain (AWS_REGION, ~/.aws/config) decides; custom endpoints rarely care.
       region: address.region ?? env['AWS_REGION'] ?? env['AWS_DEFAULT_REGION'] ?? (address.endpoint ? 'us-east-1' : undefined),
@@ -257,7 +261,11 @@ export class S3Store implements BlobStore {
     } catch (e) {
       // The first cause wins: lib-storage reports a failed AbortMultipartUpload (405 on some servers) over the
       // body's own error or our checksum mismatch.
-      const cause: unknown = digest.errored ?? src.errored ?? e;
+      // lib-storage stops reading the body by destroying it with an AbortError when a part fails: that is a
+      // consequence, not the cause (unless the caller aborted), so it never hides the request's own error.
+      const isAbort = (x: unknown) => x instanceof Error && (x.name === 'AbortError' || (x as { code?: unknown }).code === 'ABORT_ERR');
+      const aborted = options.signal?.aborted === true;
+      const cause: unknown = [digest.errored, src.errored, e].find((x) => x != null && (aborted || !isAbort(x))) ?? e;
       src.destroy();
       throw this.fail('write', key, cause);
     } finally {

@@ -1,7 +1,7 @@
 // How lading messages look on Kafka: key = ordering key (or the message id), value = envelope JSON,
 // a few `lading-*` headers. Retry records carry the delivery state that SQLite keeps in a row.
 import type { AttemptError } from '../../driver.js';
-import { parseEnvelope, type Envelope, type JsonValue } from '../../envelope.js';
+import { ENVELOPE_VERSION, parseEnvelope, type Envelope, type JsonValue } from '../../envelope.js';
 
 /** One record as the driver handles it, whichever kafkajs API read it. */
 export interface KafkaRecord {
@@ -29,6 +29,11 @@ export const H = {
   token: 'lading-token',
   /** Retry topic: `<partition>:<offset>` of the original record. */
   origin: 'lading-origin',
+  /**
+   * `0` on a message whose id the Queue generated (it cannot be published again): no consumer-dedup
+   * bookkeeping for it. Absent (caller-given ids, other producers): dedup as usual.
+   */
+  dedup: 'lading-dedup',
 } as const;
 
 type RawHeaders = Record<string, Buffer | string | (Buffer | string)[] | undefined> | undefined;
@@ -36,7 +41,8 @@ type RawHeaders = Record<string, Buffer | string | (Buffer | string)[] | undefin
 export function decodeHeaders(raw: RawHeaders): Record<string, string> {
   const out: Record<string, string> = {};
   if (!raw) return out;
-  for (const [k, v] of Object.entries(raw)) {
+  for (const k in raw) {
+    const v = raw[k];
     if (v === undefined) continue;
     const last = Array.isArray(v) ? v[v.length - 1] : v;
     if (last !== undefined) out[k] = last.toString();
@@ -44,16 +50,57 @@ export function decodeHeaders(raw: RawHeaders): Record<string, string> {
   return out;
 }
 
-export function toRecord(topic: string, partition: number, m: { offset: string; key?: Buffer | null; value: Buffer | null; headers?: RawHeaders; timestamp: string }): KafkaRecord {
-  return {
-    topic,
-    partition,
-    offset: Number(m.offset),
-    key: m.key ? m.key.toString() : undefined,
-    value: m.value ? m.value.toString() : null,
-    headers: decodeHeaders(m.headers),
-    timestamp: Number(m.timestamp),
-  };
+type RawMessage = { offset: string; key?: Buffer | null; value: Buffer | null; headers?: RawHeaders; timestamp: string };
+
+/**
+ * A fetched record that converts its key, value and headers from kafkajs' buffers only when read: a member
+ * buffers thousands of records per partition, and most of them are read once, when handed out. Holding the
+ * buffer slices (views of the fetch response) instead of copies keeps the garbage collector's work low.
+ */
+class FetchedRecord implements KafkaRecord {
+  readonly offset: number;
+  private k: string | null | undefined;
+  private v: string | null | undefined;
+  private h: Record<string, string> | undefined;
+
+  constructor(readonly topic: string, readonly partition: number, private readonly m: RawMessage) {
+    this.offset = Number(m.offset);
+  }
+
+  get key(): string | undefined {
+    if (this.k === undefined) this.k = this.m.key ? this.m.key.toString() : null;
+    return this.k ?? undefined;
+  }
+
+  get value(): string | null {
+    if (this.v === undefined) this.v = this.m.value ? this.m.value.toString() : null;
+    return this.v;
+  }
+
+  get headers(): Record<string, string> {
+    return (this.h ??= decodeHeaders(this.m.headers));
+  }
+
+  get timestamp(): number {
+    return Number(this.m.timestamp);
+  }
+
+  /** One header's last value, without decoding the others. */
+  header(name: string): string | undefined {
+    if (this.h) return this.h[name];
+    const v = this.m.headers?.[name];
+    const last = Array.isArray(v) ? v[v.length - 1] : v;
+    return last === undefined ? undefined : last.toString();
+  }
+}
+
+/** False for a record its publisher marked as not needing consumer dedup (a generated id). */
+export function needsDedup(r: KafkaRecord): boolean {
+  return (r instanceof FetchedRecord ? r.header(H.dedup) : r.headers[H.dedup]) !== '0';
+}
+
+export function toRecord(topic: string, partition: number, m: RawMessage): KafkaRecord {
+  return new FetchedRecord(topic, partition, m);
 }
 
 /** The Kafka key of an envelope: its ordering key, else its id (one id always lands in one partition). */
@@ -74,19 +121,53 @@ export function decodeValue(r: KafkaRecord): Decoded {
   const raw = r.value ?? '';
   let envelope: Envelope | undefined;
   let invalid: string | undefined;
+  let loose: unknown;
   try {
-    envelope = parseEnvelope(raw);
+    loose = JSON.parse(raw);
+  } catch {
+    loose = undefined;
+  }
+  try {
+    envelope = loose !== undefined && isPlainEnvelope(loose) ? loose : parseEnvelope(loose === undefined ? raw : loose);
   } catch (e) {
     invalid = (e as Error).message;
   }
   let id = envelope?.id ?? r.headers[H.id];
-  if (!id) {
-    try {
-      const loose = JSON.parse(raw) as { id?: unknown };
-      if (typeof loose.id === 'string' && loose.id) id = loose.id;
-    } catch { /* not JSON */ }
+  if (!id && loose !== null && typeof loose === 'object' && typeof (loose as { id?: unknown }).id === 'string' && (loose as { id: string }).id) {
+    id = (loose as { id: string }).id;
   }
   return { id: id ?? r.key ?? `${r.topic}/${r.partition}/${r.offset}`, raw, envelope, invalid, key: envelope?.key };
+}
+
+const TOPIC_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
+const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
+const epochMs = (x: unknown): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+
+/**
+ * The common case of a record read back from Kafka, checked by hand instead of by zod (a per-record cost
+ * on the consume path): true only when `EnvelopeSchema` would accept the value and return the same fields.
+ * Anything else (a claim-check ref, a missing `headers`, a newer version, any doubt) goes to zod, which
+ * also gives the error text of an invalid message. Fills in `attempt` (zod's default) when absent.
+ */
+function isPlainEnvelope(x: unknown): x is Envelope {
+  if (x === null || typeof x !== 'object' || Array.isArray(x)) return false;
+  const e = x as Record<string, unknown>;
+  if (e.v !== ENVELOPE_VERSION) return false;
+  if (typeof e.id !== 'string' || e.id.length === 0 || e.id.length > 512) return false;
+  if (typeof e.topic !== 'string' || !TOPIC_NAME.test(e.topic)) return false;
+  if (e.key !== undefined && (typeof e.key !== 'string' || e.key.length > 1024)) return false;
+  if (e.type !== undefined && (typeof e.type !== 'string' || e.type.length > 256)) return false;
+  if (e.ref !== undefined) return false;
+  const h = e.headers;
+  if (h === null || typeof h !== 'object' || Array.isArray(h)) return false;
+  for (const k in h) if (typeof (h as Record<string, unknown>)[k] !== 'string') return false;
+  if (e.attempt !== undefined && !epochMs(e.attempt)) return false;
+  if (!epochMs(e.publishedAt)) return false;
+  if (e.notBefore !== undefined && !epochMs(e.notBefore)) return false;
+  if (e.expiresAt !== undefined && !epochMs(e.expiresAt)) return false;
+  if (e.traceparent !== undefined && (typeof e.traceparent !== 'string' || !TRACEPARENT.test(e.traceparent))) return false;
+  if (e.attempt === undefined) e.attempt = 0;
+  return true;
 }
 
 export function jsonHeader<T>(value: string | undefined, fallback: T): T {

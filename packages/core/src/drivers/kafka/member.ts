@@ -18,7 +18,7 @@ import { PartitionState, expire, type Entry } from './partition.js';
 
 /** Buffered records per partition above which it is paused, and below which it is resumed. */
 const HIGH_WATER = 2000;
-const LOW_WATER = 500;
+const LOW_WATER = 1000;
 
 export interface MemberHost {
   kafka: Kafka;
@@ -36,6 +36,19 @@ interface Holder {
   part: string;
 }
 
+/** Hidden fields of the Delivery objects a member hands out: ack/retry/extend find the entry without parsing. */
+const ENTRY = Symbol('lading.kafka.entry');
+const MEMBER = Symbol('lading.kafka.member');
+interface Handle {
+  [ENTRY]?: Entry;
+  [MEMBER]?: GroupMember;
+}
+
+/** The member that handed out `d` (undefined for a Delivery that did not come from this process's driver). */
+export function memberOf(d: Delivery): GroupMember | undefined {
+  return (d as Delivery & Handle)[MEMBER];
+}
+
 export interface TakePolicy {
   maxAttempts: number;
   dedupWindowMs: number;
@@ -45,6 +58,8 @@ export class GroupMember {
   readonly id = randomBytes(6).toString('hex');
   readonly retryTopic: string;
   readonly groupId: string;
+  /** Key of this member in the driver's map. */
+  readonly key: string;
   readonly parts = new Map<string, PartitionState>();
   private readonly holders = new Map<string, Holder>();
   private consumer: Consumer | undefined;
@@ -54,6 +69,8 @@ export class GroupMember {
   private flushChain: Promise<void> = Promise.resolve();
   private flushQueued: Promise<void> | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
+  private flushing = false;
+  private sentWaiters: (() => void)[] = [];
   private rr = 0;
   /** Lease tokens: unique inside this member (receipts also name the member). */
   private tokens = 0;
@@ -64,6 +81,7 @@ export class GroupMember {
   constructor(private readonly host: MemberHost, readonly topic: string, readonly group: string) {
     this.retryTopic = retryTopicOf(topic);
     this.groupId = kafkaGroupId(topic, group);
+    this.key = memberKey(topic, group);
   }
 
   start(): Promise<void> {
@@ -218,7 +236,7 @@ export class GroupMember {
     st.committed = committed;
     st.inherited = new Map((foreign?.leases ?? []).map((l) => [l.offset, l]));
     st.inheritedDone = new Set(foreign?.done ?? []);
-    if (committed >= 0) st.entries = st.entries.filter((e) => e.rec.offset >= committed);
+    if (committed >= 0) st.dropBefore(committed);
     st.status = 'active';
     for (const e of st.entries) st.applyInherited(e);
     st.prune();
@@ -256,8 +274,10 @@ export class GroupMember {
       if (!st.retry && !this.fenceOpen(st)) continue;
       const blocked = new Set<string>();
       let touched = false;
-      for (const e of st.entries) {
+      const entries = st.entries;
+      for (let j = st.head; j < entries.length; j++) {
         if (deliveries.length >= max) break;
+        const e = entries[j]!;
         if (e.state === 'done') continue;
         const k = e.decoded.key;
         if (e.state === 'leased') {
@@ -279,7 +299,7 @@ export class GroupMember {
           if (k) blocked.add(k);
           continue;
         }
-        if (!e.retry && e.attempt === 0 && e.expired.length === 0 && policy.dedupWindowMs > 0) {
+        if (!e.retry && e.attempt === 0 && e.expired.length === 0 && policy.dedupWindowMs > 0 && e.dedup) {
           const at = st.completed.get(e.decoded.id);
           if (at !== undefined && at > now - policy.dedupWindowMs) {
             e.state = 'done'; // consumer dedup: the group completed this id inside the window
@@ -321,16 +341,34 @@ export class GroupMember {
   }
 
   private delivery(st: PartitionState, e: Entry): Delivery {
-    return {
-      topic: this.topic, group: this.group, id: e.decoded.id,
+    const decoded = e.decoded;
+    const d: Delivery & Handle = {
+      topic: this.topic, group: this.group, id: decoded.id,
       receipt: `${this.id}|${st.retry ? 'r' : 'm'}|${st.partition}|${e.rec.offset}|${e.token ?? ''}`,
-      raw: e.decoded.raw, envelope: e.decoded.envelope, invalid: e.decoded.invalid,
-      attempt: e.attempt, errors: [...e.errors], checkpoint: e.checkpoint, leaseUntil: e.leaseUntil,
+      raw: decoded.raw, envelope: decoded.envelope, invalid: decoded.invalid,
+      // Error histories are never changed in place (every change assigns a new array): shared, not copied.
+      attempt: e.attempt, errors: e.errors, checkpoint: e.checkpoint, leaseUntil: e.leaseUntil,
+      [ENTRY]: e, [MEMBER]: this,
     };
+    return d;
   }
 
-  /** The leased entry a receipt names, if this member still holds that lease. */
-  lookup(receipt: string): { st: PartitionState; e: Entry } | undefined {
+  /** The leased entry a delivery names, if this member still holds that lease. */
+  lookup(d: Delivery): { st: PartitionState; e: Entry } | undefined {
+    // Fast path: the Delivery object this member handed out carries its entry (no receipt parsing).
+    const e = (d as Delivery & Handle)[ENTRY];
+    if (e !== undefined && (d as Delivery & Handle)[MEMBER] === this) {
+      const st = e.owner;
+      const token = e.token;
+      const r = d.receipt;
+      const live = e.state === 'leased' && token !== undefined && this.parts.get(st.key) === st && (st.status === 'active' || st.status === 'custody');
+      return live && r.endsWith(token) && r.charCodeAt(r.length - token.length - 1) === 124 /* | */ ? { st, e } : undefined;
+    }
+    return this.lookupReceipt(d.receipt);
+  }
+
+  /** The leased entry a receipt names (a Delivery rebuilt from its fields), if this member still holds that lease. */
+  private lookupReceipt(receipt: string): { st: PartitionState; e: Entry } | undefined {
     const [member, kind, p, off, token] = receipt.split('|');
     if (member !== this.id || !token) return undefined;
     const st = this.parts.get(`${kind === 'r' ? this.retryTopic : this.topic}:${p}`);
@@ -404,8 +442,28 @@ export class GroupMember {
     return queued;
   }
 
+  /** True when no commit is being written or waiting to be: a new one would go out at once. */
+  get commitIdle(): boolean {
+    return !this.flushing && this.flushQueued === undefined;
+  }
+
+  /**
+   * Commit now and resolve once the request is on the wire (not acknowledged): fetch() uses it when the
+   * commit path is idle, so a lease is on record before its handler starts (a member killed at once still
+   * counts the attempt) at the price of one event-loop turn, not a round trip.
+   */
+  leasesSent(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.sentWaiters.push(resolve);
+      void this.commitSoon();
+    });
+  }
+
   private async flush(): Promise<void> {
     const consumer = this.consumer;
+    const waiters = this.sentWaiters.splice(0);
+    // Resolved after this turn's microtasks, in which kafkajs writes the request (its coordinator is cached).
+    if (waiters.length) setImmediate(() => { for (const w of waiters) w(); });
     const batch: { st: PartitionState; offset: number; metadata: string }[] = [];
     for (const st of this.parts.values()) {
       if (!st.dirty || (st.status !== 'active' && st.status !== 'custody')) continue;
@@ -415,6 +473,7 @@ export class GroupMember {
       batch.push({ st, offset, metadata: st.metadata(this.id, offset) });
     }
     if (batch.length > 0 && consumer) {
+      this.flushing = true;
       try {
         await consumer.commitOffsets(batch.map((b) => ({ topic: b.st.topic, partition: b.st.partition, offset: String(b.offset), metadata: b.metadata })));
         for (const b of batch) b.st.committed = Math.max(b.st.committed, b.offset);
@@ -430,6 +489,7 @@ export class GroupMember {
         }
       }
     }
+    this.flushing = false;
     // Custody ends once our last handler on a revoked partition is done and committed.
     for (const [k, st] of this.parts) {
       if (st.status === 'custody' && st.leasedCount === 0 && !st.dirty) this.parts.delete(k);
@@ -463,6 +523,10 @@ export class GroupMember {
     const st = this.parts.get(`${kafkaTopic}:${partition}`);
     return st && (st.status === 'active' || st.status === 'custody') ? st : undefined;
   }
+}
+
+export function memberKey(topic: string, group: string): string {
+  return `${topic}\u0000${group}`;
 }
 
 function splitKey(k: string): [string, string] {

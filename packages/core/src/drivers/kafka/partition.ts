@@ -2,31 +2,71 @@
 // leased or done, and the contiguous-prefix commit rule (a crash never skips an unfinished record).
 import type { AttemptError } from '../../driver.js';
 import type { JsonValue } from '../../envelope.js';
-import { decodeValue, readRetryState, type Decoded, type KafkaRecord } from './codec.js';
+import { decodeValue, needsDedup, readRetryState, type Decoded, type KafkaRecord } from './codec.js';
 import { encodeMetadata, type LeaseMark } from './commit-metadata.js';
 
 export type EntryState = 'waiting' | 'leased' | 'done';
 
-export interface Entry {
-  rec: KafkaRecord;
-  retry: boolean;
-  decoded: Decoded;
-  /** Epoch ms before which it is not handed out (notBefore, retry due time). */
-  due: number;
+/** One fetched record of a partition and how it stands. Decoded (JSON, envelope check) on first use. */
+export class Entry {
   /** Delivery number of the next (or current) hand-out. */
-  attempt: number;
-  errors: AttemptError[];
-  checkpoint: JsonValue | undefined;
+  attempt = 0;
+  errors: AttemptError[] = NO_ERRORS;
+  checkpoint: JsonValue | undefined = undefined;
   /** Leases of this record that ran out: [attempt, worker]. */
-  expired: [number, string][];
-  state: EntryState;
-  token: string | undefined;
-  leaseUntil: number;
-  leaseMs: number;
-  worker: string;
+  expired: [number, string][] = NO_EXPIRED;
+  token: string | undefined = undefined;
+  leaseUntil = 0;
+  leaseMs = 0;
+  worker = '';
   /** Retry records: the token of the retry() that produced it. */
-  retryToken: string | undefined;
+  retryToken: string | undefined = undefined;
+  private s: EntryState = 'waiting';
+  private d: Decoded | undefined = undefined;
+  private dueAt = -1;
+  private dd: boolean | undefined = undefined;
+
+  constructor(readonly rec: KafkaRecord, readonly retry: boolean, readonly owner: PartitionState) {}
+
+  get decoded(): Decoded {
+    return (this.d ??= decodeValue(this.rec));
+  }
+
+  /** Epoch ms before which it is not handed out (notBefore, retry due time). */
+  get due(): number {
+    if (this.dueAt < 0) this.dueAt = this.decoded.envelope?.notBefore ?? 0;
+    return this.dueAt;
+  }
+
+  set due(at: number) {
+    this.dueAt = at;
+  }
+
+  /** Consumer dedup applies (false for a message with a generated id, see H.dedup). */
+  get dedup(): boolean {
+    return (this.dd ??= needsDedup(this.rec));
+  }
+
+  get state(): EntryState {
+    return this.s;
+  }
+
+  /** Keeps the partition's counts of waiting and leased records (read on every ack and batch) exact. */
+  set state(next: EntryState) {
+    const prev = this.s;
+    if (prev === next) return;
+    this.s = next;
+    const o = this.owner;
+    if (prev === 'waiting') o.waitingCount--;
+    else if (prev === 'leased') o.leasedCount--;
+    if (next === 'waiting') o.waitingCount++;
+    else if (next === 'leased') o.leasedCount++;
+  }
 }
+
+/** Shared empty histories of fresh records (frozen: every change assigns a new array). */
+const NO_ERRORS = Object.freeze([]) as unknown as AttemptError[];
+const NO_EXPIRED = Object.freeze([]) as unknown as [number, string][];
 
 /**
  * loading: assigned, committed offset not read yet. waiting: the previous owner still holds live leases.
@@ -36,7 +76,9 @@ export interface Entry {
 export type PartitionStatus = 'loading' | 'waiting' | 'active' | 'custody';
 
 export class PartitionState {
+  /** Fetched records in offset order; the first `head` of them are done (see prune). */
   entries: Entry[] = [];
+  head = 0;
   /** Next offset to ingest; -1 before the first record. */
   next = -1;
   /** Committed offset as last read or written (-1: none). */
@@ -55,18 +97,33 @@ export class PartitionState {
   /** Expired leases of a previous owner, watched for a renewal before they are taken over. */
   watch: { since: number; text: string | null } | undefined;
 
-  constructor(readonly topic: string, readonly partition: number, readonly retry: boolean, readonly group: string) {}
+  /** `topic:partition`, the key of this partition in its member's map. */
+  readonly key: string;
 
-  get waitingCount(): number {
-    let n = 0;
-    for (const e of this.entries) if (e.state === 'waiting') n++;
-    return n;
+  constructor(readonly topic: string, readonly partition: number, readonly retry: boolean, readonly group: string) {
+    this.key = `${topic}:${partition}`;
   }
 
-  get leasedCount(): number {
-    let n = 0;
-    for (const e of this.entries) if (e.state === 'leased') n++;
-    return n;
+  /** Records in `entries` waiting / leased (kept by Entry's state setter; recount() after dropping entries). */
+  waitingCount = 0;
+  leasedCount = 0;
+
+  recount(): void {
+    let w = 0;
+    let l = 0;
+    for (const e of this.entries) {
+      if (e.state === 'waiting') w++;
+      else if (e.state === 'leased') l++;
+    }
+    this.waitingCount = w;
+    this.leasedCount = l;
+  }
+
+  /** Keep only the records at or after `offset` (a committed offset read at activation). */
+  dropBefore(offset: number): void {
+    this.entries = this.entries.filter((e) => e.rec.offset >= offset);
+    this.head = 0;
+    this.recount();
   }
 
   /** Add fetched records (duplicates of what we already have are skipped). Returns the new entries. */
@@ -76,11 +133,8 @@ export class PartitionState {
       if (this.next >= 0 && r.offset < this.next) continue;
       this.next = r.offset + 1;
       if (this.committed >= 0 && r.offset < this.committed && this.status !== 'loading') continue;
-      const decoded = decodeValue(r);
-      const entry: Entry = {
-        rec: r, retry: this.retry, decoded, due: decoded.envelope?.notBefore ?? 0, attempt: 0, errors: [], checkpoint: undefined,
-        expired: [], state: 'waiting', token: undefined, leaseUntil: 0, leaseMs: 0, worker: '', retryToken: undefined,
-      };
+      const entry = new Entry(r, this.retry, this);
+      this.waitingCount++;
       if (this.retry) {
         const s = readRetryState(r);
         // Records for other groups are not ours to handle: done at once (they only move our commit along).
@@ -113,24 +167,41 @@ export class PartitionState {
     if (mark.checkpoint !== undefined) e.checkpoint = mark.checkpoint;
   }
 
-  /** Drop finished records at the head: they are behind the commit point now. */
+  /**
+   * Finished records at the head are behind the commit point: skip them (`head`) and drop them from the
+   * array in chunks (an ack usually finishes one record: splicing the array each time costs O(buffer)).
+   */
   prune(): void {
-    let i = 0;
-    while (i < this.entries.length && this.entries[i]!.state === 'done') i++;
-    if (i > 0) this.entries.splice(0, i);
+    const entries = this.entries;
+    let i = this.head;
+    while (i < entries.length && entries[i]!.state === 'done') i++;
+    if (i === entries.length) {
+      entries.length = 0;
+      i = 0;
+    } else if (i >= 256) {
+      entries.splice(0, i);
+      i = 0;
+    }
+    this.head = i;
   }
 
   /** The offset to commit: the first record not done, or the next to fetch when all are done. */
   commitOffset(): number {
-    const head = this.entries.find((e) => e.state !== 'done');
-    if (head) return head.rec.offset;
+    const entries = this.entries;
+    for (let i = this.head; i < entries.length; i++) if (entries[i]!.state !== 'done') return entries[i]!.rec.offset;
     return this.next >= 0 ? this.next : this.committed;
   }
 
   metadata(member: string, offset: number): string {
     const leases: LeaseMark[] = [];
     const done: number[] = [];
-    for (const e of this.entries) {
+    // Only leased and done records are written: stop once all of them were seen (the rest are waiting).
+    const entries = this.entries;
+    let left = entries.length - this.head - this.waitingCount;
+    for (let i = this.head; i < entries.length && left > 0; i++) {
+      const e = entries[i]!;
+      if (e.state === 'waiting') continue;
+      left--;
       if (e.rec.offset < offset) continue;
       if (e.state === 'leased') leases.push({ offset: e.rec.offset, attempt: e.attempt, until: e.leaseUntil, ms: e.leaseMs, worker: e.worker, expired: e.expired, checkpoint: e.checkpoint });
       else if (e.state === 'done') done.push(e.rec.offset);
