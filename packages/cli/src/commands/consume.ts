@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { Handler, HandlerContext, HospitalRecord, Message } from '@lading/core';
 import type { Cli } from '../context.js';
-import { action, examples, positiveInt, withJson } from './shared.js';
+import { action, examples, onStopSignals, positiveInt, withJson } from './shared.js';
 
 interface ConsumeOptions {
   group: string;
@@ -101,18 +101,7 @@ async function consume(cli: Cli, options: ConsumeOptions, topic: string): Promis
     });
   }
 
-  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
-  let signalled = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    signalled++;
-    if (signalled > 1) {
-      out.note(`${sig} again: exiting without waiting (unacked messages come back after their lease)`);
-      process.exit(130);
-    }
-    out.note(`${sig}: finishing in-flight messages (up to ${options.grace}); press Ctrl-C again to exit at once`);
-    stop?.('signal');
-  };
-
+  let removeSignals: (() => void) | undefined;
   const reason = await new Promise<'max' | 'idle' | 'signal'>((resolve) => {
     let idleTimer: NodeJS.Timeout | undefined;
     stop = (why) => {
@@ -125,7 +114,10 @@ async function consume(cli: Cli, options: ConsumeOptions, topic: string): Promis
         if (consumer.active === 0 && running.size === 0 && Date.now() - lastActivity >= idleMs) stop?.('idle');
       }, Math.max(20, Math.min(250, idleMs / 4)));
     }
-    for (const s of signals) process.on(s, onSignal);
+    removeSignals = onStopSignals((t) => out.note(t), 'unacked messages come back after their lease', (sig) => {
+      out.note(`${sig}: finishing in-flight messages (up to ${options.grace}); press Ctrl-C again to exit at once`);
+      stop?.('signal');
+    });
   });
 
   if (reason === 'signal') {
@@ -135,7 +127,7 @@ async function consume(cli: Cli, options: ConsumeOptions, topic: string): Promis
     await Promise.allSettled([...running]);
     await consumer.close({ graceMs: 0 });
   }
-  for (const s of signals) process.off(s, onSignal);
+  removeSignals?.();
 
   const c = consumer.counts;
   if (cli.json) {

@@ -51,3 +51,23 @@ export function action<O extends OptionValues, A extends unknown[] = []>(cmd: Co
     }
   });
 }
+
+/**
+ * SIGINT / SIGTERM drain a long-running command (consume, worker): the first calls `drain(signal)`, a second
+ * exits at once (130) after saying what becomes of the work in flight. Returns a function removing the handlers.
+ */
+export function onStopSignals(note: (text: string) => void, inFlight: string, drain: (signal: NodeJS.Signals) => void): () => void {
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
+  let signalled = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (++signalled > 1) {
+      note(`${sig} again: exiting without waiting (${inFlight})`);
+      process.exit(130);
+    }
+    drain(sig);
+  };
+  for (const s of signals) process.on(s, onSignal);
+  return () => {
+    for (const s of signals) process.off(s, onSignal);
+  };
+}

@@ -4,7 +4,7 @@ import type { ShardEvent } from '@lading/runner';
 import type { Cli } from '../context.js';
 import { ExitCode } from '../errors.js';
 import { formatMs } from '../output.js';
-import { action, examples, positiveInt, withJson } from './shared.js';
+import { action, examples, onStopSignals, positiveInt, withJson } from './shared.js';
 
 interface WorkerOptions {
   threads?: number;
@@ -128,18 +128,8 @@ async function runWorker(cli: Cli, o: WorkerOptions): Promise<void> {
     topic, threads, queue: cli.config().queue, graceMs, ...(cache ? { cache } : {}), ...(leaseMs !== undefined ? { leaseMs } : {}), ...(maxIdleMs !== undefined ? { maxIdleMs } : {}),
   });
 
-  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
   let stop: ((reason: StopReason, signal?: NodeJS.Signals) => void) | undefined;
-  let signalled = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    signalled++;
-    if (signalled > 1) {
-      out.note(`${sig} again: exiting without waiting (running shards come back after their lease)`);
-      process.exit(130);
-    }
-    stop?.('signal', sig);
-  };
-  for (const s of signals) process.on(s, onSignal);
+  const removeSignals = onStopSignals((t) => out.note(t), 'running shards come back after their lease', (sig) => stop?.('signal', sig));
 
   let idleTimer: NodeJS.Timeout | undefined;
   const { reason, signal } = await new Promise<{ reason: StopReason; signal?: NodeJS.Signals }>((resolve) => {
@@ -164,7 +154,7 @@ async function runWorker(cli: Cli, o: WorkerOptions): Promise<void> {
   try {
     await worker.close({ graceMs });
   } finally {
-    for (const s of signals) process.off(s, onSignal);
+    removeSignals();
   }
   const why = reason === 'idle' ? `idle for ${o.maxIdle}` : `${signal}, drained in ${((Date.now() - drainStarted) / 1000).toFixed(1)}s`;
   emit('stopped', `${why}: ${counts.done} done, ${counts.failed} failed, ${counts.skipped} skipped, ${counts.hospital} to the hospital${counts.handedBack ? `, ${counts.handedBack} handed back` : ''}`, {
