@@ -1,8 +1,13 @@
-import { readFileSync, realpathSync, existsSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+/**
+ * Which kind of file system a path lives on, from /proc/self/mountinfo: the one copy of this logic.
+ * Core needs it to refuse SQLite and lock files on NFS; @lading/storage builds its mount profiles on it.
+ */
+import { readFileSync, realpathSync } from 'node:fs';
+import { readFile, realpath } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
 
-/** What kind of file system a path lives on; it decides what lading may do there. */
 export type MountKind = 'local' | 'nfs' | 'lustre' | 'daos';
+export const MOUNT_KINDS: readonly MountKind[] = ['local', 'nfs', 'lustre', 'daos'];
 
 export interface MountEntry {
   mountPoint: string;
@@ -10,65 +15,119 @@ export interface MountEntry {
   source: string;
 }
 
-/** Parse /proc/self/mountinfo (man 5 proc): fields, then ` - `, then fstype, source, options. */
-export function parseMountInfo(text: string): MountEntry[] {
+/** mountinfo escapes space, tab, newline and backslash in paths as 3-digit octal (`\040`). */
+function unescapeOctal(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/**
+ * Parse /proc/<pid>/mountinfo text (see proc(5)):
+ * `36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw,errors=continue`.
+ * Malformed lines are skipped.
+ */
+export function parseMountinfo(text: string): MountEntry[] {
   const entries: MountEntry[] = [];
   for (const line of text.split('\n')) {
-    const sep = line.indexOf(' - ');
-    if (sep < 0) continue;
-    const left = line.slice(0, sep).split(' ');
-    const right = line.slice(sep + 3).split(' ');
-    const mountPoint = left[4];
-    const fsType = right[0];
-    if (!mountPoint || !fsType) continue;
-    entries.push({ mountPoint: unescapeOctal(mountPoint), fsType, source: unescapeOctal(right[1] ?? '') });
+    const fields = line.trim().split(' ');
+    const dash = fields.indexOf('-', 6); // optional fields come after the 6th field and end at a lone '-'
+    const mountPoint = fields[4];
+    const fsType = fields[dash + 1];
+    if (dash < 0 || mountPoint === undefined || fsType === undefined) continue;
+    entries.push({ mountPoint: unescapeOctal(mountPoint), fsType, source: unescapeOctal(fields[dash + 2] ?? '') });
   }
   return entries;
 }
 
-function unescapeOctal(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-export function kindOfFsType(fsType: string): MountKind {
-  if (fsType === 'nfs' || fsType === 'nfs4') return 'nfs';
-  if (fsType === 'lustre') return 'lustre';
-  if (fsType === 'fuse.dfuse' || fsType === 'daos') return 'daos';
+export function mountKindOf(entry: Pick<MountEntry, 'fsType' | 'source'>): MountKind {
+  const t = entry.fsType;
+  if (t === 'nfs' || t === 'nfs4') return 'nfs';
+  if (t === 'lustre') return 'lustre';
+  // dfuse registers as `fuse.dfuse`; older releases show plain `fuse` with `dfuse` as the source.
+  if (t === 'fuse.dfuse' || (t === 'fuse' && entry.source === 'dfuse')) return 'daos';
   return 'local';
 }
 
-/** The mount holding `path`: the longest mount point that is a prefix of it (later mounts shadow earlier ones). */
-export function mountFor(entries: MountEntry[], path: string): MountEntry | undefined {
+/** The mount holding `absPath` (already a realpath): longest mount point prefix; a later mount over the same point wins. */
+export function findMount(entries: readonly MountEntry[], absPath: string): MountEntry | undefined {
   let best: MountEntry | undefined;
   for (const e of entries) {
-    const mp = e.mountPoint.endsWith('/') ? e.mountPoint : `${e.mountPoint}/`;
-    if ((path === e.mountPoint || path.startsWith(mp) || e.mountPoint === '/') && (!best || e.mountPoint.length >= best.mountPoint.length)) best = e;
+    const mp = e.mountPoint;
+    const contains = mp === '/' || absPath === mp || absPath.startsWith(mp.endsWith('/') ? mp : `${mp}/`);
+    if (contains && (best === undefined || mp.length >= best.mountPoint.length)) best = e;
   }
   return best;
 }
 
-/** Real path of `path` or of its nearest existing ancestor (the path may not exist yet). */
-export function nearestRealPath(path: string): string {
-  let p = resolve(path);
-  const rest: string[] = [];
-  while (!existsSync(p)) {
-    const parent = dirname(p);
-    if (parent === p) break;
-    rest.unshift(p.slice(parent.length + (parent.endsWith('/') ? 0 : 1)));
-    p = parent;
-  }
-  return resolve(realpathSync(p), ...rest);
+/** Pure: the mount kind of `absPath` given mountinfo text. */
+export function mountKindFor(mountinfo: string, absPath: string): MountKind {
+  const entry = findMount(parseMountinfo(mountinfo), absPath);
+  return entry === undefined ? 'local' : mountKindOf(entry);
 }
 
-export function detectMountKind(path: string, mountinfo?: string): { kind: MountKind; mount: MountEntry | undefined } {
+function isMissing(e: unknown): boolean {
+  const code = (e as { code?: unknown }).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+/** Realpath of `path`, or of its nearest existing ancestor with the rest appended (for roots not created yet). */
+export async function realpathOrAncestor(path: string): Promise<string> {
+  let p = resolve(path);
+  const rest: string[] = [];
+  for (;;) {
+    try {
+      return resolve(await realpath(p), ...rest.reverse());
+    } catch (e) {
+      if (!isMissing(e) || dirname(p) === p) throw e;
+      rest.push(basename(p));
+      p = dirname(p);
+    }
+  }
+}
+
+export function realpathOrAncestorSync(path: string): string {
+  let p = resolve(path);
+  const rest: string[] = [];
+  for (;;) {
+    try {
+      return resolve(realpathSync(p), ...rest.reverse());
+    } catch (e) {
+      if (!isMissing(e) || dirname(p) === p) throw e;
+      rest.push(basename(p));
+      p = dirname(p);
+    }
+  }
+}
+
+const MOUNTINFO = '/proc/self/mountinfo';
+
+/** Mount kind of `path` (need not exist yet). 'local' where /proc is unavailable (macOS, containers without it). */
+export async function detectMountKind(path: string): Promise<MountKind> {
+  const real = await realpathOrAncestor(path);
+  const text = await readFile(MOUNTINFO, 'utf8').catch(() => '');
+  return mountKindFor(text, real);
+}
+
+export function detectMountKindSync(path: string): MountKind {
+  const real = realpathOrAncestorSync(path);
+  let text = '';
+  try {
+    text = readFileSync(MOUNTINFO, 'utf8');
+  } catch {
+    // no procfs: treat as local
+  }
+  return mountKindFor(text, real);
+}
+
+/** The mount holding `path` and its kind, synchronously; `mountinfo` text replaces /proc/self/mountinfo (tests). */
+export function mountOf(path: string, mountinfo?: string): { kind: MountKind; mount: MountEntry | undefined } {
   let text = mountinfo;
   if (text === undefined) {
     try {
-      text = readFileSync('/proc/self/mountinfo', 'utf8');
+      text = readFileSync(MOUNTINFO, 'utf8');
     } catch {
-      return { kind: 'local', mount: undefined }; // not Linux: nothing to detect
+      text = ''; // no procfs: treat as local
     }
   }
-  const mount = mountFor(parseMountInfo(text), nearestRealPath(path));
-  return { kind: mount ? kindOfFsType(mount.fsType) : 'local', mount };
+  const mount = findMount(parseMountinfo(text), realpathOrAncestorSync(path));
+  return { kind: mount === undefined ? 'local' : mountKindOf(mount), mount };
 }

@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import type { AttemptError, Delivery, FetchRequest, GroupStats, HospitalFilter, HospitalReason, HospitalRecord, HospitalState, PublishOutcome, QueueDriver } from '../driver.js';
 import { parseEnvelope, readEnvelope, type Envelope, type JsonValue } from '../envelope.js';
 import { LadingError } from '../errors.js';
-import { detectMountKind } from '../mounts.js';
+import { mountOf } from '../mounts.js';
 import { TopicPolicySchema, type TopicInfo, type TopicPolicy, type TopicPolicyInput } from '../topic.js';
 
 /**
@@ -125,7 +125,7 @@ export class SqliteQueueDriver implements QueueDriver {
     const file = resolve(path);
     this.uri = `sqlite:${path}`;
     const mountinfo = options.mountinfo ?? (process.env.LADING_MOUNTINFO_FILE ? readFileSync(process.env.LADING_MOUNTINFO_FILE, 'utf8') : undefined);
-    const { kind, mount } = detectMountKind(dirname(file), mountinfo);
+    const { kind, mount } = mountOf(dirname(file), mountinfo);
     if (kind === 'nfs') {
       throw new LadingError('UNSAFE_LOCATION', `the queue database ${file} would be on an NFS mount (${mount?.mountPoint ?? '?'}, ${mount?.fsType ?? 'nfs'}): SQLite's locks are not reliable on NFS and the queue could lose or duplicate messages`, {
         hint: 'put the queue database on a local disk of this node (e.g. sqlite:/var/tmp/lading/queue.db), or use Kafka (kafka://host:9092) to share a queue between nodes',

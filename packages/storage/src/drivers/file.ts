@@ -186,14 +186,18 @@ export class FileStore implements BlobStore {
   }
 
   async stat(key: string): Promise<ObjectStat | undefined> {
-    const path = await this.pathOf(key, true);
+    checkKey(key);
+    // Existence first: a missing key (the runner's commit-marker check, most of the time) costs one system
+    // call instead of resolving every missing parent. Only what exists must prove it is inside the root.
+    let st: BigIntStats;
     try {
-      const st = await stat(path, { bigint: true });
-      return st.isFile() ? toStat(key, st) : undefined;
+      st = await stat(join(this.root, key), { bigint: true });
     } catch (e) {
       if (isMissing(e)) return undefined;
       throw this.fail('stat', key, e);
     }
+    await this.pathOf(key, true);
+    return st.isFile() ? toStat(key, st) : undefined;
   }
 
   async read(key: string, options: ReadOptions = {}): Promise<Readable> {
