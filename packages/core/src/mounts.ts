@@ -108,14 +108,7 @@ export async function detectMountKind(path: string): Promise<MountKind> {
 }
 
 export function detectMountKindSync(path: string): MountKind {
-  const real = realpathOrAncestorSync(path);
-  let text = '';
-  try {
-    text = readFileSync(MOUNTINFO, 'utf8');
-  } catch {
-    // no procfs: treat as local
-  }
-  return mountKindFor(text, real);
+  return mountOf(path).kind;
 }
 
 /** The mount holding `path` and its kind, synchronously; `mountinfo` text replaces /proc/self/mountinfo (tests). */

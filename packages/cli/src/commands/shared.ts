@@ -71,3 +71,11 @@ export function onStopSignals(note: (text: string) => void, inFlight: string, dr
     for (const s of signals) process.off(s, onSignal);
   };
 }
+
+/** `--cache`, `--cache-dir`, `--cache-max`: read `what` through this node's local read-through cache. */
+export function cacheFlags(cmd: Command, what: string): Command {
+  return cmd
+    .option('--cache', `read ${what} through this node's local read-through cache (blocks are kept for the next read; see \`lading cache stats\`)`)
+    .option('--cache-dir <dir>', 'cache directory on a local disk, implies --cache (env LADING_CACHE_DIR, config cache.dir; default $XDG_CACHE_HOME/lading or ~/.cache/lading)')
+    .option('--cache-max <size>', 'byte budget of the cache, e.g. 200GiB (config cache.max; default 10GiB)');
+}

@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import type { BlobStore, ObjectStat } from '@lading/storage';
 import type { Cli } from '../context.js';
 import type { ObjectLocation } from '../object-uri.js';
-import { action, examples, positiveInt, withJson } from './shared.js';
+import { action, cacheFlags, examples, positiveInt, withJson } from './shared.js';
 
 /**
  * `lading store ls|stat|cp|cat|rm`: any object in any store, named by its full URI. Everything streams:
@@ -78,7 +78,7 @@ export function registerStore(program: Command): void {
     .option('--verify', 're-read the destination after the copy and check it hashes to what was written')
     .option('-r, --recursive', 'copy every object under the source prefix to the destination prefix')
     .option('--parallel <n>', 'with --recursive: objects copied at once', positiveInt, 4);
-  cacheFlags(cp);
+  cacheFlags(cp, 'the source');
   withJson(cp);
   examples(cp, [
     'lading store cp file:/mnt/lustre/proj/big.bin s3://bucket/inputs/big.bin',
@@ -92,7 +92,7 @@ export function registerStore(program: Command): void {
     .description('write an object (or a byte range of it) to stdout')
     .argument('<uri>', URI_ARG)
     .option('--range <first-last>', 'bytes FIRST to LAST inclusive (as in HTTP), FIRST- to the end, or -N for the last N; units allowed (1MiB-2MiB)');
-  cacheFlags(cat);
+  cacheFlags(cat, 'the object');
   cat.option('--json', 'errors as JSON on stderr (the bytes themselves are written as they are)');
   examples(cat, [
     'lading store cat s3://bucket/logs/run-42.txt',
@@ -112,13 +112,6 @@ export function registerStore(program: Command): void {
   withJson(rm);
   examples(rm, ['lading store rm s3://bucket/tmp/x.bin', 'lading store rm file:/scratch/run-41/ --recursive --yes']);
   action<RmOptions, [string]>(rm, remove);
-}
-
-function cacheFlags(cmd: Command): Command {
-  return cmd
-    .option('--cache', "read the source through this node's local read-through cache (blocks are kept for the next read; see `lading cache stats`)")
-    .option('--cache-dir <dir>', 'cache directory, implies --cache (env LADING_CACHE_DIR, config cache.dir; default $XDG_CACHE_HOME/lading or ~/.cache/lading)')
-    .option('--cache-max <size>', 'byte budget of the cache, e.g. 200GiB (config cache.max; default 10GiB)');
 }
 
 // ---- helpers ------------------------------------------------------------------------------------

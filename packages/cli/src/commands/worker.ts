@@ -4,7 +4,7 @@ import type { ShardEvent } from '@lading/runner';
 import type { Cli } from '../context.js';
 import { ExitCode } from '../errors.js';
 import { formatMs } from '../output.js';
-import { action, examples, onStopSignals, positiveInt, withJson } from './shared.js';
+import { action, cacheFlags, examples, onStopSignals, positiveInt, withJson } from './shared.js';
 
 interface WorkerOptions {
   threads?: number;
@@ -26,11 +26,10 @@ export function registerWorker(program: Command): void {
     .option('--topic <name>', 'task topic to take shards from (a job spec\'s `topic`; default lading.tasks)')
     .option('--lease <duration>', "lease per shard, renewed from the main thread while the shard runs (default: the topic's, 30s)")
     .option('--grace <duration>', 'on SIGTERM / SIGINT: how long running shards may finish before they are handed back', '30s')
-    .option('--max-idle <duration>', 'exit 0 once no shard has run for this long, e.g. 10s (for scripts, tests and batch allocations)')
-    .option('--cache', "read shard inputs through this node's local read-through cache (on by itself when LADING_CACHE_DIR or the config's cache.dir is set)")
-    .option('--no-cache', 'read shard inputs straight from their stores, even when a cache directory is configured')
-    .option('--cache-dir <dir>', 'cache directory on a local SSD, implies --cache (env LADING_CACHE_DIR, config cache.dir; default $XDG_CACHE_HOME/lading or ~/.cache/lading)')
-    .option('--cache-max <size>', 'byte budget of the cache, e.g. 200GiB (config cache.max; default 10GiB)');
+    .option('--max-idle <duration>', 'exit 0 once no shard has run for this long, e.g. 10s (for scripts, tests and batch allocations)');
+  // --cache before --no-cache: with --no-cache alone commander would default the option to true.
+  cacheFlags(cmd, 'shard inputs (on by itself when LADING_CACHE_DIR or the config\'s cache.dir is set)');
+  cmd.option('--no-cache', 'read shard inputs straight from their stores, even when a cache directory is configured');
   withJson(cmd);
   examples(cmd, [
     'lading worker',
