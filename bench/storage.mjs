@@ -1,7 +1,7 @@
 // `bench storage`: lading's storage layer beside the tools and SDK calls a user would otherwise use, each
 // pair measured in the same run, interleaved round by round (the order flips every round), medians reported.
 //
-//   file copy      FileStore.copy (read stream → sha256 → temp file → fsync → rename)  vs  `cp` + `sync FILE`
+//   file copy      FileStore.copy (kernel copy → temp file → fsync → rename, sha256 of the source alongside)  vs  `cp` + `sync FILE`
 //                  (lading's copy is durable and atomic; a `cp` that has not reached the disk is not done, so
 //                  the baseline flushes the copy too; plain `cp` is logged alongside).
 //   file sha256    FileStore.read of the whole file, hashed by the reader          vs  `sha256sum FILE`
@@ -428,14 +428,19 @@ export async function run(ctx) {
     await drain(await cached.read('obj.bin')); // fill
     await drain(await cached.read('obj.bin')); // warm the block files' pages
     await readAll(path);
+    // A warm read of a small object takes tens of ms, where one scheduler hiccup on a busy machine decides a
+    // round: each sample reads the object `reps` times (≥ 1 GiB), on both sides.
+    const reps = Math.max(1, Math.ceil(GiB / cacheBytes));
     const [lw, bw] = await interleave(ctx, 'warm cache', rounds,
       async () => timed(async () => {
-        const n = await drain(await cached.read('obj.bin'));
-        if (n !== cacheBytes) throw new Error('short read');
+        for (let i = 0; i < reps; i++) {
+          const n = await drain(await cached.read('obj.bin'));
+          if (n !== cacheBytes) throw new Error('short read');
+        }
       }),
-      async () => timed(() => readAll(path)),
+      async () => timed(async () => { for (let i = 0; i < reps; i++) await readAll(path); }),
     );
-    rows.push(rateRow(`warm cache read, ${cacheBytes / MiB} MiB (every block cached)`, 'fs.createReadStream of the same bytes', cacheBytes, lw, bw, '≥ 0.9×', 0.9));
+    rows.push(rateRow(`warm cache read, ${cacheBytes / MiB} MiB${reps > 1 ? ` × ${reps}` : ''} (every block cached)`, 'fs.createReadStream of the same bytes', cacheBytes * reps, lw, bw, '≥ 0.9×', 0.9));
     await cached.close();
     rmSync(cdir, { recursive: true, force: true });
     rmSync(join(dir, 'cache'), { recursive: true, force: true });
@@ -493,7 +498,7 @@ export async function run(ctx) {
       baseline: { name: 'budget', value: 256 }, target: '≤ 256 MiB', targetRatio: 1,
     });
     rows.push({
-      name: `peak RSS of a process copying a ${rssBytes / GiB} GiB file with FileStore.copy (kernel copy + sha256 of the copy)`, value: copied.hwm / MiB, unit: 'MiB', higherIsBetter: false,
+      name: `peak RSS of a process copying a ${rssBytes / GiB} GiB file with FileStore.copy (kernel copy + sha256 of the source)`, value: copied.hwm / MiB, unit: 'MiB', higherIsBetter: false,
       baseline: { name: 'budget', value: 256 }, target: '≤ 256 MiB', targetRatio: 1,
     });
     rmSync(rdir, { recursive: true, force: true });

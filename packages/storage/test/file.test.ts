@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileStore, MOUNT_KINDS, openStore } from '@lading/storage';
-import { collect, describeBlobStoreContract, expectCode, keysOf, slowStream } from './contract.js';
+import { collect, describeBlobStoreContract, digestOf, expectCode, keysOf, slowStream } from './contract.js';
 
 const tmpStore = async (profile?: string) => {
   const dir = await mkdtemp(join(tmpdir(), 'lading-file-'));
@@ -107,6 +107,23 @@ describe('file driver', () => {
     await utimes(join(root, 'sweep', '.lading-tmp-old'), old, old);
     expect(await store.sweepTempFiles()).toBe(1);
     expect(await readdir(join(root, 'sweep'))).toEqual(['.lading-tmp-new']);
+  });
+
+  it('a copy whose source is replaced meanwhile returns the checksum of the bytes it left at the destination', async () => {
+    // The kernel copies and the sha256 is taken of the source alongside: the etag check after both must
+    // catch a source replaced between them (then the copy streams instead), never pair one version's bytes
+    // with the other's checksum.
+    const big = Buffer.alloc(24 * 1024 * 1024, 1);
+    const other = Buffer.alloc(24 * 1024 * 1024, 2);
+    for (const delayMs of [0, 1, 5, 20]) {
+      await store.write('swap/src', big);
+      const copying = store.copy('swap/src', 'swap/dst');
+      await sleep(delayMs);
+      await writeFile(join(root, 'swap', 'next.tmp'), other);
+      await rename(join(root, 'swap', 'next.tmp'), join(root, 'swap', 'src'));
+      const r = await copying;
+      expect(await digestOf(await store.read('swap/dst')), `replaced after ${delayMs} ms`).toEqual({ size: r.size, checksum: r.checksum });
+    }
   });
 
   it('reports CONFLICT when a key is both an object and a prefix', async () => {

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Store, openStore, parseStoreUri, type S3Address, type S3StoreOptions } from '@lading/storage';
 import { startS3Server, type S3TestServer } from '../../../test/servers/s3.js';
@@ -141,6 +142,23 @@ describe('s3 driver', () => {
       proxy.corruptUploads = false;
     }
     expect(await keysOf(s)).toEqual([]);
+  });
+
+  it('still catches corrupted uploads once it has learned the server\'s multipart ETag form (one MD5 pass)', async () => {
+    const s = open('form', { partSize: 5 * MiB });
+    const p = new Pattern(11 * MiB + 7);
+    // The first multipart upload computes both MD5 forms and learns which one this server answers with.
+    expect(await s.write('first', p.stream())).toMatchObject({ size: p.size, checksum: p.checksum() });
+    expect(await s.write('second', p.stream())).toMatchObject({ size: p.size, checksum: p.checksum() });
+    proxy.corruptUploads = true;
+    try {
+      await expectCode(() => s.write('multi', p.stream()), 'CHECKSUM_MISMATCH');
+      await expectCode(() => s.write('single', Readable.from([randomBytes(3000)])), 'CHECKSUM_MISMATCH');
+    } finally {
+      proxy.corruptUploads = false;
+    }
+    expect(await keysOf(s)).toEqual(['first', 'second']);
+    expect(await digestOf(await s.read('second'))).toEqual({ size: p.size, checksum: p.checksum() });
   });
 
   it('catches bytes corrupted at rest on a whole read', async () => {

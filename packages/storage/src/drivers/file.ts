@@ -343,42 +343,58 @@ export class FileStore implements BlobStore {
   }
 
   /**
-   * The file system's own copy (copy_file_range / reflink through copyFile: no bytes through user space),
-   * into a temp file that is then hashed while it is fsynced — so the checksum is of the bytes written, not
-   * of what was read — and renamed into place. The source must not change meanwhile (checked by its
-   * etag before and after); if it does, or the file system cannot copy, the copy streams instead.
+   * The file system's own copy (copy_file_range / reflink through copyFile: no bytes through user space) into a
+   * temp file, fsynced and renamed into place. The sha256 is of the source, hashed while the kernel copies and
+   * the copy is flushed (the hash and the flush overlap: each alone takes about as long as `cp` + `sync`), as a
+   * streamed write's is of the bytes it was given. The source must not change meanwhile: its etag is checked
+   * before and after, and the copy's size too; if it changed, or the file system cannot copy, the copy streams.
    */
   async copy(fromKey: string, toKey: string): Promise<WriteResult> {
     checkKey(toKey);
     const from = await this.pathOf(fromKey, true);
     const to = await this.pathOf(toKey, false);
+    let src: FileHandle;
     let before: BigIntStats;
     try {
-      before = await stat(from, { bigint: true });
+      src = await open(from, 'r');
     } catch (e) {
-      throw isMissing(e) ? this.notFound('copy', fromKey) : this.fail('copy', fromKey, e);
+      throw isMissing(e) || errno(e) === 'EISDIR' ? this.notFound('copy', fromKey) : this.fail('copy', fromKey, e);
     }
-    if (!before.isFile()) throw this.notFound('copy', fromKey);
+    try {
+      before = await src.stat({ bigint: true });
+    } catch (e) {
+      await src.close().catch(() => undefined);
+      throw this.fail('copy', fromKey, e);
+    }
+    if (!before.isFile()) {
+      await src.close().catch(() => undefined);
+      throw this.notFound('copy', fromKey);
+    }
     const dir = dirname(to);
     let tmp: string | undefined;
     try {
       await mkdir(dir, { recursive: true });
-      tmp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
-      await copyFile(from, tmp, fsConstants.COPYFILE_EXCL);
+      const temp = (tmp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`));
+      const copied = (async () => {
+        await copyFile(from, temp, fsConstants.COPYFILE_EXCL);
+        const fh = await open(temp, 'r');
+        try {
+          await fh.sync(); // data on disk before the name points at it
+          return await fh.stat({ bigint: true });
+        } finally {
+          await fh.close();
+        }
+      })();
+      // Both settle before anything is decided: no hash or copy still running behind a fallback or a cleanup.
+      const [hashed, flushed] = await Promise.allSettled([hashFile(src, this.profile.ioChunkBytes), copied]);
+      if (flushed.status === 'rejected') throw flushed.reason;
+      if (hashed.status === 'rejected') throw hashed.reason;
+      const digest = hashed.value;
+      const st = flushed.value;
       const after = await stat(from, { bigint: true });
-      if (etagOf(after) !== etagOf(before)) throw new StreamInstead();
-      const fh = await open(tmp, 'r');
-      let st: BigIntStats;
-      let digest: { size: number; sha256: string };
-      try {
-        // Hash the copy (from the page cache) while the kernel writes it back.
-        [digest] = await Promise.all([hashFile(fh, this.profile.ioChunkBytes), fh.sync()]);
-        st = await fh.stat({ bigint: true });
-      } finally {
-        await fh.close();
-      }
+      if (etagOf(after) !== etagOf(before) || st.size !== before.size) throw new StreamInstead();
       if (digest.size !== Number(before.size)) throw new StreamInstead();
-      await rename(tmp, to);
+      await rename(temp, to);
       tmp = undefined;
       await syncDir(dir);
       return { key: toKey, size: digest.size, etag: etagOf(st), checksum: `sha256:${digest.sha256}` };
@@ -389,6 +405,8 @@ export class FileStore implements BlobStore {
         return this.write(toKey, await this.read(fromKey), { sizeHint: Number(before.size) });
       }
       throw this.fail('copy', toKey, e);
+    } finally {
+      await src.close().catch(() => undefined);
     }
   }
 

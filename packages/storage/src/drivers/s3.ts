@@ -72,6 +72,8 @@ export class S3Store implements BlobStore {
   private readonly bucket: string;
   private readonly prefix: string;
   private readonly o: Required<Omit<S3StoreOptions, 'credentials' | 'clientConfig'>>;
+  /** The ETag form of this server's multipart objects, once one was seen (then only that MD5 is computed). */
+  private multipartEtag: 'parts' | 'whole' | undefined;
 
   constructor(address: S3Address, options: S3StoreOptions = {}) {
     this.uri = address.uri;
@@ -231,7 +233,7 @@ export class S3Store implements BlobStore {
     else if (typeof body === 'string' || body instanceof Uint8Array) Metadata['sha256'] = createHash('sha256').update(body).digest('hex');
     const partSize = this.partSizeFor(options.sizeHint);
     const digest = new DigestStream({
-      where, key, expectedSha256: expected, partSize: this.o.verifyEtag ? partSize : undefined,
+      where, key, expectedSha256: expected, partSize: this.o.verifyEtag ? partSize : undefined, etagForm: this.multipartEtag ?? 'both',
       onDigest: (r) => { Metadata['sha256'] ??= r.sha256; },
     });
     const src = toReadable(body);
@@ -255,7 +257,10 @@ export class S3Store implements BlobStore {
       if (this.o.verifyEtag && md5Etag && etag !== d.md5 && etag !== d.multipartMd5) {
         // The server stored something else than what we sent (e.g. chunk framing): do not leave it behind.
         await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key })).catch(() => undefined);
-        throw mismatch(where, key, `server ETag ${etag} is neither MD5 ${d.md5} nor multipart ${d.multipartMd5} of the ${d.size} bytes sent`);
+        throw mismatch(where, key, `server ETag ${etag} is not the MD5 of the ${d.size} bytes sent (${[d.md5, d.multipartMd5].filter(Boolean).join(' or ')})`);
+      }
+      if (this.multipartEtag === undefined && this.o.verifyEtag && md5Etag && d.size > partSize) {
+        this.multipartEtag = etag === d.multipartMd5 ? 'parts' : 'whole';
       }
       return { key, size: d.size, etag: unquote(r.ETag), checksum: `sha256:${d.sha256}` };
     } catch (e) {
