@@ -47,6 +47,7 @@ test('three consumer processes split the partitions; one SIGKILLed mid-task: its
   await expect.poll(() => new Set(readLog(log).filter((e) => e.ev === 'start').map((e) => e.pid)).size, { timeout: 40_000, interval: 50 }).toBe(3);
   const victim = kids[0]!;
   await expect.poll(() => readLog(log).filter((e) => e.ev === 'start' && e.pid === victim.pid).length, { timeout: 20_000, interval: 20 }).toBeGreaterThan(4);
+  const killedAt = Date.now();
   victim.kill('SIGKILL');
   await victim.exited;
   const events = readLog(log);
@@ -58,11 +59,14 @@ test('three consumer processes split the partitions; one SIGKILLed mid-task: its
   const endedIds = () => [...new Set(readLog(log).filter((e) => e.ev === 'end').map((e) => e.id!))].sort();
   await expect.poll(endedIds, { timeout: 60_000, interval: 100 }).toEqual(published);
   const after = readLog(log).filter((e) => e.ev === 'end');
+  const startedAt = new Map(events.filter((e) => e.ev === 'start' && e.pid === victim.pid).map((e) => [e.id!, e.t]));
   for (const id of unfinished) {
-    // The victim's in-flight messages were finished by a survivor, counted as a failed attempt (lease expired).
+    // The victim's in-flight messages were finished by a survivor, counted as a failed attempt (lease expired)
+    // — except one handed out in the commit round trip before the kill while a commit was in flight (a busy
+    // member: NOTES.md); 50 ms is far more than that round trip here.
     const end = after.find((e) => e.id === id && e.pid !== victim.pid);
     expect(end, id).toBeDefined();
-    expect(end!.attempt).toBeGreaterThanOrEqual(1);
+    if (killedAt - startedAt.get(id)! >= 50) expect(end!.attempt, id).toBeGreaterThanOrEqual(1);
   }
   // At-least-once: only the victim's unfinished messages may have run twice.
   const ends = after.map((e) => e.id!);

@@ -11,7 +11,6 @@ export interface KafkaRecord {
   key: string | undefined;
   value: string | null;
   headers: Record<string, string>;
-  timestamp: number;
 }
 
 export const H = {
@@ -50,57 +49,119 @@ export function decodeHeaders(raw: RawHeaders): Record<string, string> {
   return out;
 }
 
-type RawMessage = { offset: string; key?: Buffer | null; value: Buffer | null; headers?: RawHeaders; timestamp: string };
+type RawMessage = { offset: string; key?: Buffer | null; value: Buffer | null; headers?: RawHeaders };
 
 /**
  * A fetched record that converts its key, value and headers from kafkajs' buffers only when read: a member
- * buffers thousands of records per partition, and most of them are read once, when handed out. Holding the
- * buffer slices (views of the fetch response) instead of copies keeps the garbage collector's work low.
+ * buffers thousands of records per partition, and most of them are read once, when handed out.
+ *
+ * The common record (value, key and headers `lading-id` / `lading-dedup` only, all views of one fetch
+ * response) keeps no kafkajs object at all: only byte ranges into one view of that response, shared by the
+ * records of a batch. Buffered records outlive a few young-generation collections, and the garbage collector
+ * copies every object that survives one: kafkajs' message with its key, value, headers and header buffers,
+ * offset and timestamp strings was eight objects per record, now there is none. Anything else keeps
+ * kafkajs' message as it is.
  */
 class FetchedRecord implements KafkaRecord {
   readonly offset: number;
+  /** False for a record its publisher marked as not needing consumer dedup (a generated id, H.dedup). */
+  readonly dedup: boolean;
+  private readonly m: RawMessage | undefined;
+  private readonly src: Buffer | undefined;
+  /** Byte ranges in `src` (start -1: null): value, key, id header (start -1: absent). */
+  private readonly vs: number;
+  private readonly ve: number;
+  private readonly ks: number;
+  private readonly ke: number;
+  private readonly is: number;
+  private readonly ie: number;
   private k: string | null | undefined;
   private v: string | null | undefined;
   private h: Record<string, string> | undefined;
 
-  constructor(readonly topic: string, readonly partition: number, private readonly m: RawMessage) {
+  constructor(readonly topic: string, readonly partition: number, m: RawMessage, src: Buffer | undefined) {
     this.offset = Number(m.offset);
+    this.vs = this.ve = this.ks = this.ke = this.is = this.ie = -1;
+    if (src === undefined) {
+      this.m = m;
+      this.src = undefined;
+      const d = m.headers?.[H.dedup];
+      const last = Array.isArray(d) ? d[d.length - 1] : d;
+      this.dedup = last === undefined || last.toString() !== '0';
+      return;
+    }
+    // compactView() checked that every buffer below is a view of `src`'s memory.
+    this.m = undefined;
+    this.src = src;
+    const base = src.byteOffset;
+    if (m.value) { this.vs = m.value.byteOffset - base; this.ve = this.vs + m.value.length; }
+    if (m.key) { this.ks = m.key.byteOffset - base; this.ke = this.ks + m.key.length; }
+    const id = m.headers?.[H.id] as Buffer | undefined;
+    if (id) { this.is = id.byteOffset - base; this.ie = this.is + id.length; }
+    this.dedup = m.headers?.[H.dedup] === undefined; // compactView let only the value '0' through
   }
 
   get key(): string | undefined {
-    if (this.k === undefined) this.k = this.m.key ? this.m.key.toString() : null;
+    if (this.k === undefined) this.k = this.m ? (this.m.key ? this.m.key.toString() : null) : this.ks < 0 ? null : this.src!.toString('utf8', this.ks, this.ke);
     return this.k ?? undefined;
   }
 
   get value(): string | null {
-    if (this.v === undefined) this.v = this.m.value ? this.m.value.toString() : null;
+    if (this.v === undefined) this.v = this.m ? (this.m.value ? this.m.value.toString() : null) : this.vs < 0 ? null : this.src!.toString('utf8', this.vs, this.ve);
     return this.v;
   }
 
   get headers(): Record<string, string> {
-    return (this.h ??= decodeHeaders(this.m.headers));
-  }
-
-  get timestamp(): number {
-    return Number(this.m.timestamp);
-  }
-
-  /** One header's last value, without decoding the others. */
-  header(name: string): string | undefined {
-    if (this.h) return this.h[name];
-    const v = this.m.headers?.[name];
-    const last = Array.isArray(v) ? v[v.length - 1] : v;
-    return last === undefined ? undefined : last.toString();
+    if (this.h) return this.h;
+    if (this.m) return (this.h = decodeHeaders(this.m.headers));
+    const h: Record<string, string> = {};
+    if (this.is >= 0) h[H.id] = this.src!.toString('utf8', this.is, this.ie);
+    if (!this.dedup) h[H.dedup] = '0';
+    return (this.h = h);
   }
 }
 
 /** False for a record its publisher marked as not needing consumer dedup (a generated id). */
 export function needsDedup(r: KafkaRecord): boolean {
-  return (r instanceof FetchedRecord ? r.header(H.dedup) : r.headers[H.dedup]) !== '0';
+  return r instanceof FetchedRecord ? r.dedup : r.headers[H.dedup] !== '0';
+}
+
+/**
+ * A view over the whole memory of `m`'s buffers when the record fits the compact form (see FetchedRecord):
+ * `last` is reused while consecutive records share that memory (the records of one fetch response do).
+ */
+function compactView(m: RawMessage, last: Buffer | undefined): Buffer | undefined {
+  const ab = m.value ? m.value.buffer : m.key ? m.key.buffer : undefined;
+  if (ab === undefined) return undefined;
+  if (m.value && m.value.buffer !== ab) return undefined;
+  if (m.key && m.key.buffer !== ab) return undefined;
+  const h = m.headers;
+  if (h) {
+    for (const name in h) {
+      if (name !== H.id && name !== H.dedup) return undefined;
+      const v = h[name];
+      if (!Buffer.isBuffer(v) || v.buffer !== ab) return undefined;
+      if (name === H.dedup && !(v.length === 1 && v[0] === 48 /* '0' */)) return undefined; // `headers` rebuilds only '0'
+    }
+  }
+  return last !== undefined && last.buffer === ab ? last : Buffer.from(ab);
 }
 
 export function toRecord(topic: string, partition: number, m: RawMessage): KafkaRecord {
-  return new FetchedRecord(topic, partition, m);
+  return new FetchedRecord(topic, partition, m, undefined);
+}
+
+/** The records of one fetched batch, in the compact form where possible. */
+export function toRecords(topic: string, partition: number, messages: RawMessage[]): KafkaRecord[] {
+  const out: KafkaRecord[] = new Array(messages.length);
+  let view: Buffer | undefined;
+  for (let i = 0; i < messages.length; i++) {
+    const m = messages[i]!;
+    const v = compactView(m, view);
+    if (v !== undefined) view = v;
+    out[i] = new FetchedRecord(topic, partition, m, v);
+  }
+  return out;
 }
 
 /** The Kafka key of an envelope: its ordering key, else its id (one id always lands in one partition). */

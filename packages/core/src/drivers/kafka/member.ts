@@ -8,10 +8,10 @@
 // and finished offsets beyond it (see commit-metadata.ts).
 import { randomBytes } from 'node:crypto';
 import type { Consumer, Kafka } from 'kafkajs';
-import type { Delivery } from '../../driver.js';
-import type { JsonValue } from '../../envelope.js';
+import type { AttemptError, Delivery } from '../../driver.js';
+import type { Envelope, JsonValue } from '../../envelope.js';
 import { coPartitionedAssigner } from './assigner.js';
-import { toRecord } from './codec.js';
+import { toRecords } from './codec.js';
 import { decodeMetadata, type CommitMetadata } from './commit-metadata.js';
 import { kafkaGroupId, retryTopicOf, type KafkaDriverOptions } from './options.js';
 import { PartitionState, expire, type Entry } from './partition.js';
@@ -44,6 +44,46 @@ interface Handle {
   [MEMBER]?: GroupMember;
 }
 
+/**
+ * A Delivery as a member hands it out. A class rather than an object literal: V8 may allocate a literal
+ * straight in the old generation once many of them lived long (allocation-site pretenuring, e.g. after a
+ * burst of slow handlers), and an old object holding the record's envelope keeps it alive through every
+ * young collection. The entry and the member are symbol-keyed: JSON and callers do not see them.
+ */
+class MemberDelivery implements Delivery {
+  readonly topic: string;
+  readonly group: string;
+  id: string;
+  receipt: string;
+  raw: string;
+  envelope: Envelope | undefined;
+  invalid: string | undefined;
+  attempt: number;
+  errors: AttemptError[];
+  checkpoint: JsonValue | undefined;
+  leaseUntil: number;
+  readonly [ENTRY]: Entry;
+  readonly [MEMBER]: GroupMember;
+
+  constructor(member: GroupMember, st: PartitionState, e: Entry) {
+    const decoded = e.decoded;
+    this.topic = member.topic;
+    this.group = member.group;
+    this.id = decoded.id;
+    this.receipt = `${st.receiptPrefix ??= `${member.id}|${st.retry ? 'r' : 'm'}|${st.partition}|`}${e.rec.offset}|${e.token ?? ''}`;
+    this.raw = decoded.raw;
+    this.envelope = decoded.envelope;
+    this.invalid = decoded.invalid;
+    this.attempt = e.attempt;
+    // Error histories are never changed in place (every change assigns a new array): shared, not copied.
+    this.errors = e.errors;
+    this.checkpoint = e.checkpoint;
+    this.leaseUntil = e.leaseUntil;
+    this[ENTRY] = e;
+    this[MEMBER] = member;
+  }
+}
+
 /** The member that handed out `d` (undefined for a Delivery that did not come from this process's driver). */
 export function memberOf(d: Delivery): GroupMember | undefined {
   return (d as Delivery & Handle)[MEMBER];
@@ -69,8 +109,9 @@ export class GroupMember {
   private flushChain: Promise<void> = Promise.resolve();
   private flushQueued: Promise<void> | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
-  private flushing = false;
   private sentWaiters: (() => void)[] = [];
+  /** A commit is being written. */
+  private flushing = 0;
   private rr = 0;
   /** Lease tokens: unique inside this member (receipts also name the member). */
   private tokens = 0;
@@ -118,7 +159,7 @@ export class GroupMember {
         const key = `${batch.topic}:${batch.partition}`;
         const st = this.parts.get(key);
         if (!st || st.status === 'custody') return; // not (or no longer) ours
-        const added = st.ingest(batch.messages.map((m) => toRecord(batch.topic, batch.partition, m)));
+        const added = st.ingest(toRecords(batch.topic, batch.partition, batch.messages));
         if (st.retry) for (const e of added) this.claimKeyForRetry(st, e);
         if (added.length) this.notify();
         if (!st.paused && st.waitingCount >= HIGH_WATER) {
@@ -253,8 +294,9 @@ export class GroupMember {
   }
 
   private claimKeyForRetry(st: PartitionState, e: Entry): void {
+    if (e.state === 'done') return;
     const k = e.decoded.key;
-    if (!k || e.state === 'done') return;
+    if (!k) return;
     const h = this.holders.get(k);
     if (!h || (h.token !== undefined && h.token === e.retryToken)) this.holders.set(k, { entry: e, part: `${st.topic}:${st.partition}` });
   }
@@ -303,6 +345,7 @@ export class GroupMember {
           const at = st.completed.get(e.decoded.id);
           if (at !== undefined && at > now - policy.dedupWindowMs) {
             e.state = 'done'; // consumer dedup: the group completed this id inside the window
+            e.forgetDecoded();
             this.deduped++;
             touched = true;
             continue;
@@ -329,7 +372,7 @@ export class GroupMember {
           this.holders.set(k, { entry: e, part: `${st.topic}:${st.partition}` });
         }
         touched = true;
-        deliveries.push(this.delivery(st, e));
+        deliveries.push(new MemberDelivery(this, st, e));
       }
       if (touched) {
         st.dirty = true;
@@ -340,21 +383,8 @@ export class GroupMember {
     return { deliveries, poison };
   }
 
-  private delivery(st: PartitionState, e: Entry): Delivery {
-    const decoded = e.decoded;
-    const d: Delivery & Handle = {
-      topic: this.topic, group: this.group, id: decoded.id,
-      receipt: `${this.id}|${st.retry ? 'r' : 'm'}|${st.partition}|${e.rec.offset}|${e.token ?? ''}`,
-      raw: decoded.raw, envelope: decoded.envelope, invalid: decoded.invalid,
-      // Error histories are never changed in place (every change assigns a new array): shared, not copied.
-      attempt: e.attempt, errors: e.errors, checkpoint: e.checkpoint, leaseUntil: e.leaseUntil,
-      [ENTRY]: e, [MEMBER]: this,
-    };
-    return d;
-  }
-
-  /** The leased entry a delivery names, if this member still holds that lease. */
-  lookup(d: Delivery): { st: PartitionState; e: Entry } | undefined {
+  /** The leased entry a delivery names, if this member still holds that lease (its partition is `e.owner`). */
+  lookup(d: Delivery): Entry | undefined {
     // Fast path: the Delivery object this member handed out carries its entry (no receipt parsing).
     const e = (d as Delivery & Handle)[ENTRY];
     if (e !== undefined && (d as Delivery & Handle)[MEMBER] === this) {
@@ -362,20 +392,20 @@ export class GroupMember {
       const token = e.token;
       const r = d.receipt;
       const live = e.state === 'leased' && token !== undefined && this.parts.get(st.key) === st && (st.status === 'active' || st.status === 'custody');
-      return live && r.endsWith(token) && r.charCodeAt(r.length - token.length - 1) === 124 /* | */ ? { st, e } : undefined;
+      return live && r.endsWith(token) && r.charCodeAt(r.length - token.length - 1) === 124 /* | */ ? e : undefined;
     }
     return this.lookupReceipt(d.receipt);
   }
 
   /** The leased entry a receipt names (a Delivery rebuilt from its fields), if this member still holds that lease. */
-  private lookupReceipt(receipt: string): { st: PartitionState; e: Entry } | undefined {
+  private lookupReceipt(receipt: string): Entry | undefined {
     const [member, kind, p, off, token] = receipt.split('|');
     if (member !== this.id || !token) return undefined;
     const st = this.parts.get(`${kind === 'r' ? this.retryTopic : this.topic}:${p}`);
     if (!st || (st.status !== 'active' && st.status !== 'custody')) return undefined;
     const e = st.find(Number(off));
     if (!e || e.state !== 'leased' || e.token !== token) return undefined;
-    return { st, e };
+    return e;
   }
 
   /** Done with a record (acked, retried elsewhere, in the hospital): it counts towards the commit. */
@@ -385,6 +415,7 @@ export class GroupMember {
     const k = e.decoded.key;
     if (k && this.holders.get(k)?.entry === e) this.holders.delete(k);
     if (completed) st.rememberCompleted(e.decoded.id, Date.now(), completed.windowMs);
+    e.forgetDecoded();
     st.prune();
     st.dirty = true;
     this.maybeResume(st);
@@ -444,7 +475,7 @@ export class GroupMember {
 
   /** True when no commit is being written or waiting to be: a new one would go out at once. */
   get commitIdle(): boolean {
-    return !this.flushing && this.flushQueued === undefined;
+    return this.flushing === 0 && this.flushQueued === undefined;
   }
 
   /**
@@ -473,7 +504,7 @@ export class GroupMember {
       batch.push({ st, offset, metadata: st.metadata(this.id, offset) });
     }
     if (batch.length > 0 && consumer) {
-      this.flushing = true;
+      this.flushing++;
       try {
         await consumer.commitOffsets(batch.map((b) => ({ topic: b.st.topic, partition: b.st.partition, offset: String(b.offset), metadata: b.metadata })));
         for (const b of batch) b.st.committed = Math.max(b.st.committed, b.offset);
@@ -487,9 +518,10 @@ export class GroupMember {
           }, 500);
           this.retryTimer.unref();
         }
+      } finally {
+        this.flushing--;
       }
     }
-    this.flushing = false;
     // Custody ends once our last handler on a revoked partition is done and committed.
     for (const [k, st] of this.parts) {
       if (st.status === 'custody' && st.leasedCount === 0 && !st.dirty) this.parts.delete(k);

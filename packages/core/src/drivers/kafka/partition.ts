@@ -32,6 +32,15 @@ export class Entry {
     return (this.d ??= decodeValue(this.rec));
   }
 
+  /**
+   * Drop the decoded envelope of a finished record (it is decoded again if asked for): a finished record
+   * stays in the buffer until the head moves past it, and a parsed envelope that lives through a young
+   * collection is copied by the garbage collector.
+   */
+  forgetDecoded(): void {
+    this.d = undefined;
+  }
+
   /** Epoch ms before which it is not handed out (notBefore, retry due time). */
   get due(): number {
     if (this.dueAt < 0) this.dueAt = this.decoded.envelope?.notBefore ?? 0;
@@ -99,6 +108,8 @@ export class PartitionState {
 
   /** `topic:partition`, the key of this partition in its member's map. */
   readonly key: string;
+  /** Start of the receipts of this partition's deliveries (set by the member that owns it). */
+  receiptPrefix: string | undefined = undefined;
 
   constructor(readonly topic: string, readonly partition: number, readonly retry: boolean, readonly group: string) {
     this.key = `${topic}:${partition}`;

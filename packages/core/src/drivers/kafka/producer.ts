@@ -7,7 +7,7 @@ import { backendError } from './client.js';
 export interface OutRecord {
   topic: string;
   key: string | undefined;
-  value: string | null;
+  value: string | Buffer | null;
   headers?: Record<string, string>;
   partition?: number;
 }
@@ -63,8 +63,14 @@ export class Publisher {
     const byTopic = new Map<string, Message[]>();
     for (const p of batch) {
       for (const r of p.records) {
-        const m: Message = { key: r.key ?? null, value: r.value, headers: r.headers ?? {} };
-        if (r.partition !== undefined) m.partition = r.partition;
+        // A record with a key and headers is a kafkajs message already (kafkajs reads key, value, headers
+        // and partition; the extra `topic` is ignored): sent as it is, not copied.
+        let m: Message;
+        if (r.key !== undefined && r.headers !== undefined) m = r;
+        else {
+          m = { key: r.key ?? null, value: r.value, headers: r.headers ?? {} };
+          if (r.partition !== undefined) m.partition = r.partition;
+        }
         let list = byTopic.get(r.topic);
         if (!list) byTopic.set(r.topic, (list = []));
         list.push(m);
