@@ -6,7 +6,9 @@
 //              warm RunnerWorker (threads = cores) has run and acked all of them. That includes, per task: the
 //              SQLite lease and ack, the task's shape check, the hand-off to a thread, the commit-marker stat
 //              (idempotent redelivery, in the thread) and the no-op handler. A no-op writes no output, so it
-//              commits no marker (nothing to protect; see thread.ts).
+//              commits no marker (nothing to protect; see thread.ts). Short shards like these are batched by
+//              the worker's default (WorkerOptions.batch): leased ahead, several per pool.run, their acks
+//              grouped into fewer commits; each keeps its own lease, marker check, result and ack.
 //              baseline: a warm raw Piscina pool (maxThreads = cores) running a no-op function N times
 //              with the same task object as its argument (Promise.all, Piscina queues the rest).
 //   cpu-1ms    the same with ~1 ms of CPU per task (a busy loop, in both): small realistic shards, where
@@ -275,7 +277,7 @@ export async function run(ctx) {
     ],
     meta: { 'runner tasks': n, 'runner output tasks': nOut, 'runner rounds': rounds, 'cpu shards': shards, 'load average': load.toFixed(1) },
     notes: [
-      `runner dispatch: ${n} no-op tasks per round, published first with one publishMany (not timed), then timed until a warm RunnerWorker acked all; per task it leases and acks in SQLite, checks the task's shape, hands the descriptor to a Piscina thread, stats the commit marker there and runs the handler. A shard that writes no output commits no marker. Raw Piscina: pool.run of a no-op with the same task object. Median of ${rounds} interleaved rounds; ≈${extraUs(ladingRate, rawRate)} µs more thread-time per task than raw Piscina. CPU per task is this process's user+system time (main thread and pool threads) over the batch, steadier than throughput on a busy machine.`,
+      `runner dispatch: ${n} no-op tasks per round, published first with one publishMany (not timed), then timed until a warm RunnerWorker acked all; per task it leases and acks in SQLite, checks the task's shape, hands the descriptor to a Piscina thread, stats the commit marker there and runs the handler; short shards are batched (leased ahead, several per pool.run, acks grouped into fewer commits). A shard that writes no output commits no marker. Raw Piscina: pool.run of a no-op with the same task object. Median of ${rounds} interleaved rounds; ≈${extraUs(ladingRate, rawRate)} µs more thread-time per task than raw Piscina. CPU per task is this process's user+system time (main thread and pool threads) over the batch, steadier than throughput on a busy machine.`,
       `runner 1 ms tasks: the same with a ~1 ms busy loop in the handler (and in the raw function): ≈${extraUs(spinRate, spinRawRate)} µs more thread-time per task than raw Piscina.`,
       `runner outputs: ${nOut} tasks per round each writing one ~100-byte output with ctx.write (temp file, fsync, rename, directory fsync), then lading's commit marker (the same again; one costs ${markerMs.toFixed(1)} ms on this disk); raw Piscina writes the same output with the same store library.`,
       ...busyNote,

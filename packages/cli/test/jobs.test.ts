@@ -85,6 +85,10 @@ describe('submit → workers → wait', () => {
     expect(JSON.parse(off.stdout.split('\n')[0]!)).not.toHaveProperty('cache');
     const none = await lading(['worker', '--max-idle', '200ms', '--json'], { cwd });
     expect(JSON.parse(none.stdout.split('\n')[0]!)).not.toHaveProperty('cache');
+    // Short shards are batched unless --no-batch.
+    expect(JSON.parse(none.stdout.split('\n')[0]!)).toMatchObject({ batch: true });
+    const unbatched = await lading(['worker', '--max-idle', '200ms', '--json', '--no-batch'], { cwd });
+    expect(JSON.parse(unbatched.stdout.split('\n')[0]!)).toMatchObject({ event: 'ready', batch: false });
 
     expectUserError(await lading(['worker', '--max-idle', '200ms', '--cache-dir', cacheDir, '--cache-max', '1KiB'], { cwd }));
   });

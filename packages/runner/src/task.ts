@@ -62,23 +62,29 @@ export function readTask(body: unknown): Task | undefined {
 
 /**
  * Messages a worker thread sends to the main thread (over the thread's parentPort, surfacing as the pool's
- * `message` event), tagged with the run they belong to.
+ * `message` event), tagged with the run they belong to. A run's messages arrive in the order posted, so its
+ * `done` or `failed` comes after every checkpoint it posted.
  */
 export type ThreadMessage = { run: number } & (
   /** The handler is about to run (its module loaded, stores open, no commit marker): the shard has started. */
   | { type: 'begin' }
-  /** A failed run's last message: everything it posted before (checkpoints) has been delivered. */
-  | { type: 'end' }
+  /** The run's end: the shard succeeded (or was `skipped`: its commit marker was there already). `ms`: the run's time in the thread. */
+  | { type: 'done'; skipped?: boolean; outputs: ShardOutput[]; ms: number }
+  /** The run's end: the shard failed with `error`. */
+  | { type: 'failed'; error: unknown; ms: number }
+  /** Several runs' ends (`done` or `failed`) in one message (`run` is 0): a chunk's results travel together. */
+  | { type: 'results'; list: ThreadMessage[] }
   | { type: 'checkpoint'; state: unknown }
   | { type: 'progress'; done: number; total?: number | undefined }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string }
 );
 
-export interface ThreadResult {
-  /** The shard's commit marker was there already: nothing ran. */
-  skipped?: boolean;
-  outputs: { key: string; size: number; checksum: string }[];
-  result: unknown;
-  /** Messages this run posted: the main thread settles the task once all of them have arrived. */
-  posted: number;
+/** Claim slots shared by the RunnerWorker and its threads (see ThreadInput.slots): a run's is `slots[run & SLOT_MASK]`. */
+export const SLOT_COUNT = 1 << 16;
+export const SLOT_MASK = SLOT_COUNT - 1;
+
+export interface ShardOutput {
+  key: string;
+  size: number;
+  checksum: string;
 }

@@ -9,18 +9,36 @@ import type { JsonValue } from '@lading/core';
 import { openCache, withCache, type BlobCache, type BlobStore, type CacheOptions, type WriteResult } from '@lading/storage';
 import { alignedLines, type ShardContext, type ShardHandler } from './context.js';
 import { StoreCache } from './inputs.js';
-import { markerKey, type Task, type ThreadMessage, type ThreadResult } from './task.js';
+import { SLOT_MASK, markerKey, type ShardOutput, type Task, type ThreadMessage } from './task.js';
 
-export interface ThreadInput {
+/** One shard of a chunk. */
+export interface ThreadTask {
   task: Task;
-  /** This run's id (unique in the RunnerWorker): tags the messages the thread posts. */
+  /** This run's id (unique in the RunnerWorker, below 2^31): tags the messages the thread posts, names its claim slot. */
   run: number;
   attempt: number;
   checkpoint: JsonValue | undefined;
+}
+
+/**
+ * One pool.run: a chunk of shards, run one after the other (one shard unless the RunnerWorker batches short
+ * shards). Each shard has its own begin, outputs, commit marker, result message and failure.
+ */
+export interface ThreadInput {
+  tasks: ThreadTask[];
+  /**
+   * Claim slots shared with the main thread. A shard's slot holds its run id while it waits in the chunk; the
+   * thread claims it (run → -run) before starting it, and skips a shard whose slot the main thread took back
+   * (run → 0: handed back on drain, or moved to another thread). Whoever swaps first wins, so a shard is
+   * either run here or taken back, never both.
+   */
+  slots: Int32Array;
   /** BroadcastChannel on which the RunnerWorker asks runs to abort (`{ abort: run }`). */
   control: string;
   /** Read inputs through the node's block cache (outputs are never cached). */
   cache?: CacheOptions;
+  /** A chunk's results travel together, each waiting at most this long. Default 0: each at once. */
+  resultWaitMs?: number;
 }
 
 const stores = new StoreCache();
@@ -87,10 +105,101 @@ function listen(name: string): void {
   };
 }
 
-export default async function runShard({ task, run, attempt, checkpoint, control: controlName, cache }: ThreadInput): Promise<ThreadResult> {
+/** Post a message to the main thread. */
+function post(m: ThreadMessage): void {
+  parentPort!.postMessage(m);
+}
+
+/**
+ * Results of a chunk's shards wait here and travel together (one message, so the main thread acks them in one
+ * SQLite commit): at the end of the chunk, or once the oldest has waited `resultWaitMs` (checked between
+ * shards, and by a timer while a shard awaits something).
+ */
+let results: ThreadMessage[] = [];
+let resultsSince = 0;
+let resultsTimer: NodeJS.Timeout | undefined;
+
+function sendResults(): void {
+  clearTimeout(resultsTimer);
+  resultsTimer = undefined;
+  if (results.length === 0) return;
+  const list = results;
+  results = [];
+  if (list.length === 1) postResult(list[0]!);
+  else {
+    try {
+      post({ run: 0, type: 'results', list });
+    } catch {
+      for (const m of list) postResult(m); // an error that cannot be cloned: each on its own
+    }
+  }
+}
+
+function queueResult(m: ThreadMessage, waitMs: number): void {
+  if (waitMs <= 0) return postResult(m);
+  results.push(m);
+  if (results.length === 1) {
+    resultsSince = performance.now();
+    resultsTimer = setTimeout(sendResults, waitMs);
+  }
+}
+
+/** A shard's result, as the main thread will see it (an error that cannot be cloned travels as its name, message and stack). */
+function postResult(m: ThreadMessage): void {
+  try {
+    post(m);
+  } catch (err) {
+    if (m.type !== 'failed') throw err;
+    const e = m.error as { name?: unknown; message?: unknown; stack?: unknown } | undefined;
+    const plain = Object.assign(new Error(typeof e?.message === 'string' ? e.message : String(m.error)), { name: typeof e?.name === 'string' ? e.name : 'Error' });
+    if (typeof e?.stack === 'string') plain.stack = e.stack;
+    post({ ...m, error: plain });
+  }
+}
+
+/** Run a chunk: each shard not taken back, in order. Resolves with the number of shards run. */
+export default async function runChunk({ tasks, slots, control: controlName, cache, resultWaitMs = 0 }: ThreadInput): Promise<number> {
   listen(controlName);
-  let posted = 0;
-  const post = (m: ThreadMessage) => { posted++; parentPort!.postMessage(m); };
+  const batched = tasks.length > 1;
+  const waitMs = batched ? resultWaitMs : 0;
+  // A chunk's commit-marker checks go out at once: one wait for the file system instead of one per shard (a
+  // check is a snapshot either way; a marker written meanwhile only means a redelivery runs again, as before).
+  const markers = batched ? tasks.map((t) => checkMarker(t.task)) : undefined;
+  const checkedAt = performance.now();
+  let ran = 0;
+  try {
+    for (let i = 0; i < tasks.length; i++) {
+      const t = tasks[i]!;
+      if (Atomics.compareExchange(slots, t.run & SLOT_MASK, t.run, -t.run) !== t.run) continue; // taken back
+      ran++;
+      const t0 = performance.now();
+      let outputs: ShardOutput[];
+      let skipped: boolean;
+      try {
+        // (A check older than a second, behind a shard that took long, is made again.)
+        ({ outputs, skipped } = await runShard(t, cache, t0 - checkedAt < 1000 ? markers?.[i] : undefined));
+      } catch (error) {
+        queueResult({ run: t.run, type: 'failed', error, ms: performance.now() - t0 }, waitMs);
+        continue;
+      }
+      const now = performance.now();
+      queueResult(skipped ? { run: t.run, type: 'done', skipped, outputs, ms: now - t0 } : { run: t.run, type: 'done', outputs, ms: now - t0 }, waitMs);
+      if (waitMs > 0 && now - resultsSince >= waitMs) sendResults();
+    }
+  } finally {
+    sendResults();
+  }
+  return ran;
+}
+
+/** Is the shard's commit marker there? (Never rejects unhandled: the shard's run awaits it.) */
+function checkMarker(task: Task): Promise<unknown> {
+  const p = stores.get(task.output).then((output) => output.stat(markerKey(task.job, task.shard.id)));
+  p.catch(() => undefined);
+  return p;
+}
+
+async function runShard({ task, run, attempt, checkpoint }: ThreadTask, cache: CacheOptions | undefined, markerCheck: Promise<unknown> | undefined): Promise<{ outputs: ShardOutput[]; skipped: boolean }> {
   const abort = new AbortController();
   current = { run, abort };
   if (abortedEarly.delete(run)) abort.abort(abortError());
@@ -100,7 +209,7 @@ export default async function runShard({ task, run, attempt, checkpoint, control
     const marker = markerKey(task.job, shard.id);
     // Idempotent redelivery: a shard whose commit marker exists is done, whoever did it. (Checked here, not on
     // the main thread, which is the one serial part of a worker.)
-    if (await output.stat(marker)) return { skipped: true, outputs: [], result: null, posted };
+    if (await (markerCheck ?? output.stat(marker))) return { skipped: true, outputs: [] };
     if (abort.signal.aborted) throw abort.signal.reason; // draining before the handler began
     const outputs: WriteResult[] = [];
     const base = task.output.split('?')[0]!;
@@ -139,12 +248,7 @@ export default async function runShard({ task, run, attempt, checkpoint, control
     if (outputs.length > 0) {
       await output.write(marker, JSON.stringify({ job: task.job, shard: shard.id, input: shard.input, start: shard.start, end: shard.end, outputs: summary, result: result ?? null, at: new Date().toISOString() }), { contentType: 'application/json' });
     }
-    return { outputs: summary, result: result ?? null, posted };
-  } catch (e) {
-    // The error and this run's messages travel separately; `end` lets the main thread wait until every
-    // checkpoint posted above has arrived before it settles the delivery.
-    post({ run, type: 'end' });
-    throw e;
+    return { outputs: summary, skipped: false };
   } finally {
     if (current?.run === run) current = undefined;
   }

@@ -16,6 +16,8 @@ interface WorkerOptions {
   cache?: boolean;
   cacheDir?: string;
   cacheMax?: string;
+  /** `--no-batch`: false. */
+  batch: boolean;
 }
 
 export function registerWorker(program: Command): void {
@@ -30,6 +32,7 @@ export function registerWorker(program: Command): void {
   // --cache before --no-cache: with --no-cache alone commander would default the option to true.
   cacheFlags(cmd, 'shard inputs (on by itself when LADING_CACHE_DIR or the config\'s cache.dir is set)');
   cmd.option('--no-cache', 'read shard inputs straight from their stores, even when a cache directory is configured');
+  cmd.option('--no-batch', 'run short shards (< 5 ms) one per thread too, none leased ahead: a process that dies then charges an attempt only to the shards it was running');
   withJson(cmd);
   examples(cmd, [
     'lading worker',
@@ -66,7 +69,7 @@ async function runWorker(cli: Cli, o: WorkerOptions): Promise<void> {
   };
 
   const cache = await workerCache(cli, o);
-  const worker = startWorker({ queue, topic, threads, ...(leaseMs !== undefined ? { leaseMs } : {}), graceMs, ...(cache ? { cache } : {}) });
+  const worker = startWorker({ queue, topic, threads, ...(leaseMs !== undefined ? { leaseMs } : {}), graceMs, ...(cache ? { cache } : {}), ...(o.batch ? {} : { batch: false }) });
   const startedAt = new Map<string, number>();
   const counts = { started: 0, done: 0, failed: 0, skipped: 0, hospital: 0, handedBack: 0 };
   let lastActivity = Date.now();
@@ -123,8 +126,8 @@ async function runWorker(cli: Cli, o: WorkerOptions): Promise<void> {
   });
   worker.on('error', (e: unknown) => out.warn(`worker: ${e instanceof Error ? e.message : String(e)}`));
 
-  emit('ready', `${threads} thread${threads === 1 ? '' : 's'} on topic ${topic} (queue ${cli.config().queue}${leaseMs !== undefined ? `, lease ${formatMs(leaseMs)}` : ''}, grace ${formatMs(graceMs)}${cache ? `, cache ${cache.dir} (${formatBytes(cache.maxBytes)})` : ''}${maxIdleMs !== undefined ? `, exits after ${formatMs(maxIdleMs)} idle` : ''})`, {
-    topic, threads, queue: cli.config().queue, graceMs, ...(cache ? { cache } : {}), ...(leaseMs !== undefined ? { leaseMs } : {}), ...(maxIdleMs !== undefined ? { maxIdleMs } : {}),
+  emit('ready', `${threads} thread${threads === 1 ? '' : 's'} on topic ${topic} (queue ${cli.config().queue}${leaseMs !== undefined ? `, lease ${formatMs(leaseMs)}` : ''}, grace ${formatMs(graceMs)}${cache ? `, cache ${cache.dir} (${formatBytes(cache.maxBytes)})` : ''}${maxIdleMs !== undefined ? `, exits after ${formatMs(maxIdleMs)} idle` : ''}${o.batch ? '' : ', short shards not batched'})`, {
+    topic, threads, queue: cli.config().queue, graceMs, batch: o.batch, ...(cache ? { cache } : {}), ...(leaseMs !== undefined ? { leaseMs } : {}), ...(maxIdleMs !== undefined ? { maxIdleMs } : {}),
   });
 
   let stop: ((reason: StopReason, signal?: NodeJS.Signals) => void) | undefined;
