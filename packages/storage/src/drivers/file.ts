@@ -185,6 +185,24 @@ export class FileStore implements BlobStore {
     return path;
   }
 
+  /** Open an object to read it: NOT_FOUND when it is missing or not a regular file. */
+  private async openObject(op: string, key: string, path: string): Promise<{ fh: FileHandle; st: BigIntStats }> {
+    let fh: FileHandle;
+    try {
+      fh = await open(path, 'r');
+    } catch (e) {
+      throw isMissing(e) || errno(e) === 'EISDIR' ? this.notFound(op, key) : this.fail(op, key, e);
+    }
+    try {
+      const st = await fh.stat({ bigint: true });
+      if (!st.isFile()) throw this.notFound(op, key);
+      return { fh, st };
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      throw this.fail(op, key, e);
+    }
+  }
+
   async stat(key: string): Promise<ObjectStat | undefined> {
     checkKey(key);
     // Existence first: a missing key (the runner's commit-marker check, most of the time) costs one system
@@ -202,17 +220,9 @@ export class FileStore implements BlobStore {
 
   async read(key: string, options: ReadOptions = {}): Promise<Readable> {
     const range = checkRange(options);
-    const path = await this.pathOf(key, true);
-    let fh: FileHandle;
+    const { fh, st } = await this.openObject('read', key, await this.pathOf(key, true));
     try {
-      fh = await open(path, 'r');
-    } catch (e) {
-      throw isMissing(e) || errno(e) === 'EISDIR' ? this.notFound('read', key) : this.fail('read', key, e);
-    }
-    try {
-      const st = await fh.stat();
-      if (!st.isFile()) throw this.notFound('read', key);
-      const { start, end } = clampRange(range, st.size);
+      const { start, end } = clampRange(range, Number(st.size));
       if (start === end) {
         await fh.close();
         return emptyStream();
@@ -353,23 +363,7 @@ export class FileStore implements BlobStore {
     checkKey(toKey);
     const from = await this.pathOf(fromKey, true);
     const to = await this.pathOf(toKey, false);
-    let src: FileHandle;
-    let before: BigIntStats;
-    try {
-      src = await open(from, 'r');
-    } catch (e) {
-      throw isMissing(e) || errno(e) === 'EISDIR' ? this.notFound('copy', fromKey) : this.fail('copy', fromKey, e);
-    }
-    try {
-      before = await src.stat({ bigint: true });
-    } catch (e) {
-      await src.close().catch(() => undefined);
-      throw this.fail('copy', fromKey, e);
-    }
-    if (!before.isFile()) {
-      await src.close().catch(() => undefined);
-      throw this.notFound('copy', fromKey);
-    }
+    const { fh: src, st: before } = await this.openObject('copy', fromKey, from);
     const dir = dirname(to);
     let tmp: string | undefined;
     try {

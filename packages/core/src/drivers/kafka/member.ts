@@ -110,8 +110,7 @@ export class GroupMember {
   private flushQueued: Promise<void> | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   private sentWaiters: (() => void)[] = [];
-  /** A commit is being written. */
-  private flushing = 0;
+  private flushing = false;
   private rr = 0;
   /** Lease tokens: unique inside this member (receipts also name the member). */
   private tokens = 0;
@@ -475,7 +474,7 @@ export class GroupMember {
 
   /** True when no commit is being written or waiting to be: a new one would go out at once. */
   get commitIdle(): boolean {
-    return this.flushing === 0 && this.flushQueued === undefined;
+    return !this.flushing && this.flushQueued === undefined;
   }
 
   /**
@@ -504,7 +503,7 @@ export class GroupMember {
       batch.push({ st, offset, metadata: st.metadata(this.id, offset) });
     }
     if (batch.length > 0 && consumer) {
-      this.flushing++;
+      this.flushing = true;
       try {
         await consumer.commitOffsets(batch.map((b) => ({ topic: b.st.topic, partition: b.st.partition, offset: String(b.offset), metadata: b.metadata })));
         for (const b of batch) b.st.committed = Math.max(b.st.committed, b.offset);
@@ -518,10 +517,9 @@ export class GroupMember {
           }, 500);
           this.retryTimer.unref();
         }
-      } finally {
-        this.flushing--;
       }
     }
+    this.flushing = false;
     // Custody ends once our last handler on a revoked partition is done and committed.
     for (const [k, st] of this.parts) {
       if (st.status === 'custody' && st.leasedCount === 0 && !st.dirty) this.parts.delete(k);
