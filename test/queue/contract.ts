@@ -968,18 +968,25 @@ export function describeQueueContract(name: string, makeQueueUri: MakeQueueUri, 
         const q2 = await open();
         await q1.createTopic('handback', { maxAttempts: 1 }); // a counted failure would send it straight to the hospital
         const started = gate();
-        const signals: boolean[] = [];
+        const signals: string[] = [];
         const c1 = consume(q1, 'handback', { group: 'g' }, async (_m, ctx) => {
           started.open();
+          // The callback form (ctx.onAbort) fires at the same moment as the signal; a removed one never does.
+          ctx.onAbort((reason) => signals.push(`onAbort:${(reason as { code?: string }).code}`));
+          const off = ctx.onAbort(() => signals.push('removed'));
+          off();
           await new Promise<void>((resolve) => {
-            ctx.signal.addEventListener('abort', () => signals.push(true));
+            ctx.signal.addEventListener('abort', () => {
+              signals.push('signal');
+              ctx.onAbort(() => signals.push('late')); // registered after the abort: called at once (microtask)
+            });
             setTimeout(resolve, 5000).unref(); // ignores the signal
           });
         });
         await q1.publish('handback', 'stubborn', { id: 'h1' });
         await started.promise;
         await c1.close({ graceMs: 150 });
-        expect(signals).toEqual([true]);
+        expect(signals).toEqual(['signal', 'onAbort:CLOSED', 'late']);
         expect(c1.counts).toMatchObject({ done: 0, retried: 0, hospital: 0 });
         expect(await groupStats(q1, 'handback', 'g')).toMatchObject({ ready: 1, leased: 0, hospital: 0 });
         const { seen, handler } = recorder('g');

@@ -57,14 +57,15 @@ type Events = Record<'started' | 'done' | 'failed' | 'released' | 'skipped', (Sh
 /** Shard id → input file name (the handler logs it first thing). */
 const keys = new Map<string, string>();
 
-function watch(w: RunnerWorker): { events: Events; runs: () => number } {
+function watch(w: RunnerWorker): { events: Events; order: string[]; runs: () => number } {
   const events: Events = { started: [], done: [], failed: [], released: [], skipped: [] };
-  for (const name of Object.keys(events) as (keyof Events)[]) w.on(name, (e: ShardEvent) => events[name].push(e));
+  const order: string[] = [];
+  for (const name of Object.keys(events) as (keyof Events)[]) w.on(name, (e: ShardEvent) => { events[name].push(e); order.push(`${name} ${e.shard}#${e.attempt}`); });
   w.on('log', (e: ShardEvent & { message: string }) => keys.set(e.shard, e.message));
   let runs = 0;
   const run = w.pool.run.bind(w.pool);
   w.pool.run = ((...args: Parameters<typeof run>) => { runs++; return run(...args); }) as typeof w.pool.run;
-  return { events, runs: () => runs };
+  return { events, order, runs: () => runs };
 }
 
 /** Warm a worker up (threads started, handler loaded, run times seen) with a job of tiny shards. */
@@ -80,7 +81,7 @@ test('short shards go several per pool.run; one failing shard fails alone, its c
   const s = await setup();
   const w = startWorker({ queue: s.queue, threads: 2, batch: ALWAYS });
   cleanup.push(() => w.close());
-  const { events, runs } = watch(w);
+  const { events, order, runs } = watch(w);
   await warm(s, w);
   const r0 = runs();
   const j = await job(s, 'fail', 40, { fail: 'fail-17.txt' }, { retries: { maxAttempts: 2, backoff: fastBackoff } });
@@ -92,6 +93,13 @@ test('short shards go several per pool.run; one failing shard fails alone, its c
   expect(mine(events.done)).toHaveLength(39);
   expect(new Set(mine(events.done).map((e) => e.shard)).size).toBe(39);
   expect(mine(events.done).every((e) => e.attempt === 0)).toBe(true);
+  // A chunked shard's begin travels through shared memory, not a message: still exactly one `started` per run,
+  // and before that run's end.
+  for (const e of [...mine(events.done), ...mine(events.failed)]) {
+    const at = `${e.shard}#${e.attempt}`;
+    expect(order.filter((o) => o === `started ${at}`)).toHaveLength(1);
+    expect(order.indexOf(`started ${at}`)).toBeLessThan(order.findIndex((o) => o === `done ${at}` || o === `failed ${at}`));
+  }
   const [rec] = await s.queue.hospital.list({ job: j.id });
   expect(rec!.errors.map((e) => e.message)).toEqual(['cannot handle fail-17.txt', 'cannot handle fail-17.txt']);
 });

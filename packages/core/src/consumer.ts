@@ -66,6 +66,12 @@ export class Message<T = unknown> {
 export interface HandlerContext {
   /** Aborted when the lease is lost, the consumer is closed past its grace, or the timeout hits. */
   signal: AbortSignal;
+  /**
+   * Call `listener` once, with the reason, at the moment `signal` would abort (at once, in a microtask, if it
+   * has already). Returns a function that removes it. For code that needs only a callback: no AbortSignal is
+   * made, which is most of the cost of a message on a fast path (the runner's).
+   */
+  onAbort(listener: (reason: unknown) => void): () => void;
   /** Checkpoint saved by an earlier attempt (resume from here), if any. */
   checkpoint: JsonValue | undefined;
   /** Save progress with the lease; a retried delivery gets it back as `checkpoint`. */
@@ -108,6 +114,8 @@ class InFlight {
   reason: unknown = undefined;
   /** Rejects the wait on a handler's promise when the entry is aborted. */
   onAbort: ((reason: unknown) => void) | undefined = undefined;
+  /** Listeners registered with the context's onAbort. */
+  listeners: ((reason: unknown) => void)[] | undefined = undefined;
   checkpoint: JsonValue | undefined;
   /** The handler succeeded and only its ack is left: the slot is free already (see `handlerDone`). */
   settling = false;
@@ -141,6 +149,19 @@ class DeliveryContext implements HandlerContext {
     return signalOf(this.entry);
   }
 
+  onAbort(listener: (reason: unknown) => void): () => void {
+    const entry = this.entry;
+    if (entry.aborted) {
+      queueMicrotask(() => listener(entry.reason));
+      return noop;
+    }
+    (entry.listeners ??= []).push(listener);
+    return () => {
+      const i = entry.listeners?.indexOf(listener) ?? -1;
+      if (i >= 0) entry.listeners!.splice(i, 1);
+    };
+  }
+
   saveCheckpoint(state: JsonValue): Promise<void> {
     this.entry.checkpoint = state;
     return this.keeper.extend(this.entry, undefined, state);
@@ -160,11 +181,16 @@ function signalOf(entry: InFlight): AbortSignal {
   return entry.controller.signal;
 }
 
+const noop = (): void => undefined;
+
 function abortEntry(entry: InFlight, reason: unknown): void {
   if (entry.aborted) return;
   entry.aborted = true;
   entry.reason = reason;
   entry.controller?.abort(reason);
+  const listeners = entry.listeners;
+  entry.listeners = undefined;
+  if (listeners) for (const l of listeners) l(reason);
   entry.onAbort?.(reason);
 }
 

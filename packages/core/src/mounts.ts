@@ -47,6 +47,18 @@ export function mountKindOf(entry: Pick<MountEntry, 'fsType' | 'source'>): Mount
   return 'local';
 }
 
+/**
+ * Kernel file systems on a local block device or in memory. A metadata call on one (a stat, mostly of a
+ * missing commit marker) is answered from the dentry cache in a few microseconds; anything else (NFS,
+ * Lustre, GPFS, CephFS, BeeGFS, FUSE...) may wait on a server.
+ */
+const BLOCK_LOCAL_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'zfs', 'f2fs', 'bcachefs', 'jfs', 'reiserfs', 'nilfs2', 'tmpfs', 'ramfs', 'overlay']);
+
+/** Is this file system type on this node's own disks or memory (see BLOCK_LOCAL_FS)? */
+export function isBlockLocal(fsType: string | undefined): boolean {
+  return fsType !== undefined && BLOCK_LOCAL_FS.has(fsType);
+}
+
 /** The mount holding `absPath` (already a realpath): longest mount point prefix; a later mount over the same point wins. */
 export function findMount(entries: readonly MountEntry[], absPath: string): MountEntry | undefined {
   let best: MountEntry | undefined;
@@ -105,6 +117,13 @@ export async function detectMountKind(path: string): Promise<MountKind> {
   const real = await realpathOrAncestor(path);
   const text = await readFile(MOUNTINFO, 'utf8').catch(() => '');
   return mountKindFor(text, real);
+}
+
+/** The mount holding `path` (need not exist yet) and its kind; no mount where /proc is unavailable. */
+export async function detectMount(path: string): Promise<{ kind: MountKind; mount: MountEntry | undefined }> {
+  const real = await realpathOrAncestor(path);
+  const mount = findMount(parseMountinfo(await readFile(MOUNTINFO, 'utf8').catch(() => '')), real);
+  return { kind: mount === undefined ? 'local' : mountKindOf(mount), mount };
 }
 
 export function detectMountKindSync(path: string): MountKind {

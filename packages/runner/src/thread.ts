@@ -33,6 +33,13 @@ export interface ThreadInput {
    * either run here or taken back, never both.
    */
   slots: Int32Array;
+  /**
+   * A chunk's begins, shared with the main thread instead of one `begin` message per shard (a message costs the
+   * main thread more than a short shard's lease): the thread stores a shard's run id at `begun[run & SLOT_MASK]`
+   * as its handler starts, and the main thread reads them with each result and every few ms. Absent: a `begin`
+   * message (a single, long shard, whose start the main thread learns of at once).
+   */
+  begun?: Int32Array;
   /** BroadcastChannel on which the RunnerWorker asks runs to abort (`{ abort: run }`). */
   control: string;
   /** Read inputs through the node's block cache (outputs are never cached). */
@@ -86,7 +93,28 @@ async function loadHandler(spec: string): Promise<ShardHandler> {
  * has not seen are remembered and checked when a run starts.
  */
 let control: BroadcastChannel | undefined;
-let current: { run: number; abort: AbortController } | undefined;
+
+/** A shard's abort: the AbortController is made only when something asks for the signal (most no-op-ish shards never do). */
+class LazyAbort {
+  private controller: AbortController | undefined;
+  aborted = false;
+  reason: unknown;
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
+let current: { run: number; abort: LazyAbort } | undefined;
 const abortedEarly = new Set<number>();
 const abortError = () => new Error('the worker is draining');
 
@@ -158,7 +186,7 @@ function postResult(m: ThreadMessage): void {
 }
 
 /** Run a chunk: each shard not taken back, in order. Resolves with the number of shards run. */
-export default async function runChunk({ tasks, slots, control: controlName, cache, resultWaitMs = 0 }: ThreadInput): Promise<number> {
+export default async function runChunk({ tasks, slots, begun, control: controlName, cache, resultWaitMs = 0 }: ThreadInput): Promise<number> {
   listen(controlName);
   const batched = tasks.length > 1;
   const waitMs = batched ? resultWaitMs : 0;
@@ -177,7 +205,7 @@ export default async function runChunk({ tasks, slots, control: controlName, cac
       let skipped: boolean;
       try {
         // (A check older than a second, behind a shard that took long, is made again.)
-        ({ outputs, skipped } = await runShard(t, cache, t0 - checkedAt < 1000 ? markers?.[i] : undefined));
+        ({ outputs, skipped } = await runShard(t, cache, t0 - checkedAt < 1000 ? markers?.[i] : undefined, begun));
       } catch (error) {
         queueResult({ run: t.run, type: 'failed', error, ms: performance.now() - t0 }, waitMs);
         continue;
@@ -199,8 +227,8 @@ function checkMarker(task: Task): Promise<unknown> {
   return p;
 }
 
-async function runShard({ task, run, attempt, checkpoint }: ThreadTask, cache: CacheOptions | undefined, markerCheck: Promise<unknown> | undefined): Promise<{ outputs: ShardOutput[]; skipped: boolean }> {
-  const abort = new AbortController();
+async function runShard({ task, run, attempt, checkpoint }: ThreadTask, cache: CacheOptions | undefined, markerCheck: Promise<unknown> | undefined, begun: Int32Array | undefined): Promise<{ outputs: ShardOutput[]; skipped: boolean }> {
+  const abort = new LazyAbort();
   current = { run, abort };
   if (abortedEarly.delete(run)) abort.abort(abortError());
   try {
@@ -210,7 +238,7 @@ async function runShard({ task, run, attempt, checkpoint }: ThreadTask, cache: C
     // Idempotent redelivery: a shard whose commit marker exists is done, whoever did it. (Checked here, not on
     // the main thread, which is the one serial part of a worker.)
     if (await (markerCheck ?? output.stat(marker))) return { skipped: true, outputs: [] };
-    if (abort.signal.aborted) throw abort.signal.reason; // draining before the handler began
+    if (abort.aborted) throw abort.reason; // draining before the handler began
     const outputs: WriteResult[] = [];
     const base = task.output.split('?')[0]!;
     const ctx: ShardContext = {
@@ -219,7 +247,7 @@ async function runShard({ task, run, attempt, checkpoint }: ThreadTask, cache: C
       params: task.params,
       attempt,
       resumeFrom: checkpoint,
-      signal: abort.signal,
+      get signal() { return abort.signal; },
       log: {
         info: (message) => post({ run, type: 'log', level: 'info', message }),
         warn: (message) => post({ run, type: 'log', level: 'warn', message }),
@@ -237,7 +265,8 @@ async function runShard({ task, run, attempt, checkpoint }: ThreadTask, cache: C
       checkpoint: (state) => post({ run, type: 'checkpoint', state }),
       stores: { input, output },
     };
-    post({ run, type: 'begin' });
+    if (begun) Atomics.store(begun, run & SLOT_MASK, run);
+    else post({ run, type: 'begin' });
     const result: unknown = await handler(ctx);
     const summary = outputs.map((o) => ({ key: o.key, size: o.size, checksum: o.checksum }));
     // The commit marker comes after every output: its presence means the shard's outputs are complete and

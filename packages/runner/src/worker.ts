@@ -5,7 +5,7 @@ import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BroadcastChannel } from 'node:worker_threads';
-import { HandBackError, InvalidMessageError, describeZodError, type Consumer, type Queue } from '@lading/core';
+import { HandBackError, InvalidMessageError, describeZodError, type Consumer, type HandlerContext, type Queue } from '@lading/core';
 import type { CacheOptions } from '@lading/storage';
 import { Piscina } from 'piscina';
 import { SLOT_COUNT, SLOT_MASK, TaskSchema, readTask, type Task, type ThreadMessage } from './task.js';
@@ -35,6 +35,8 @@ const BATCH_DEFAULTS = { shortMs: 5, aheadMs: 40, chunkMs: 10, maxAheadPerThread
 const BATCH_MIN_SAMPLES = 8;
 /** Weight of the newest shard in the moving average of run times. */
 const EWMA_ALPHA = 0.2;
+/** How often the begins of chunked shards are looked at while chunks run (they are also read with each result). */
+const BEGIN_POLL_MS = 5;
 
 export interface BatchOptions {
   /** Shards whose average run time (in the thread) is below this are batched. Default 5 ms. */
@@ -151,11 +153,13 @@ interface Pending {
   task: Task;
   attempt: number;
   checkpoint: unknown;
-  signal: AbortSignal;
-  save: (state: unknown) => Promise<void>;
+  /** The consumer gave the task up (lease lost, or closed past its grace), with this reason. */
+  aborted: boolean;
+  abortReason: unknown;
+  /** The consumer's context of the delivery (saveCheckpoint). */
+  ctx: HandlerContext;
   resolve: () => void;
   reject: (e: unknown) => void;
-  onAbort: () => void;
   chunk: Chunk | undefined;
   begun: boolean;
   settled: boolean;
@@ -186,6 +190,9 @@ export class RunnerWorker extends EventEmitter {
   private readonly runs = new Map<number, Pending>();
   private nextRun = 0;
   private readonly slots = new Int32Array(new SharedArrayBuffer(4 * SLOT_COUNT));
+  /** Begins of chunked shards (see ThreadInput.begun), and the timer that reads them while chunks run. */
+  private readonly begunSlots = new Int32Array(new SharedArrayBuffer(4 * SLOT_COUNT));
+  private beginPoll: NodeJS.Timeout | undefined;
   /** Aborts to threads: `{ abort: run }`. */
   private readonly control: BroadcastChannel;
   private readonly controlName = `lading.runner.${process.pid}.${randomBytes(6).toString('hex')}`;
@@ -219,7 +226,7 @@ export class RunnerWorker extends EventEmitter {
     this.concurrency = threads + this.prefetch;
     const topic = options.topic ?? DEFAULT_TASK_TOPIC;
     this.consumer = options.queue.consume(topic, { group: WORKER_GROUP, concurrency: this.concurrency, leaseMs: options.leaseMs, graceMs: options.graceMs }, (message, ctx) =>
-      this.runTask(message.body, message.attempt, ctx.checkpoint, ctx.signal, (state) => ctx.saveCheckpoint(state as never)),
+      this.runTask(message.body, message.attempt, ctx),
     );
     this.consumer.on('hospital', (r) => this.emit('hospital', r));
     this.consumer.on('error', (e) => this.emit('error', e));
@@ -236,12 +243,13 @@ export class RunnerWorker extends EventEmitter {
     }
     const p = typeof m?.run === 'number' ? this.runs.get(m.run) : undefined;
     if (!p || p.settled) return;
+    if (p.chunk && p.chunk.tasks.length > 1 && !p.begun) this.readBegins(p.chunk); // its `started` before its end
     switch (m.type) {
       case 'done':
         this.observe(m.ms);
         this.settle(p);
         if (m.skipped) this.emit('skipped', p.event);
-        else this.emit('done', { ...p.event, outputs: m.outputs });
+        else if (this.listenerCount('done') > 0) this.emit('done', { ...p.event, outputs: m.outputs });
         p.resolve();
         break;
       case 'failed':
@@ -249,13 +257,10 @@ export class RunnerWorker extends EventEmitter {
         this.fail(p, m.error);
         break;
       case 'begin':
-        p.begun = true;
-        this.emit('started', p.event);
-        // The timeout counts the handler's run, not the thread's start-up (module loads of a fresh thread).
-        if (p.task.timeoutMs) { clearTimeout(p.timer); p.timer = setTimeout(() => this.timeout(p), p.task.timeoutMs); }
+        this.begin(p);
         break;
       case 'checkpoint':
-        void p.save(m.state).catch((e: unknown) => this.emit('error', e));
+        void p.ctx.saveCheckpoint(m.state as never).catch((e: unknown) => this.emit('error', e));
         break;
       case 'progress':
         this.emit('progress', { ...p.event, done: m.done, total: m.total });
@@ -263,6 +268,36 @@ export class RunnerWorker extends EventEmitter {
       default:
         this.emit('log', { ...p.event, level: m.level, message: m.message });
     }
+  }
+
+  /** A shard's handler started in its thread. */
+  private begin(p: Pending): void {
+    p.begun = true;
+    this.emit('started', p.event);
+    // The timeout counts the handler's run, not the thread's start-up (module loads of a fresh thread).
+    if (p.task.timeoutMs) { clearTimeout(p.timer); p.timer = setTimeout(() => this.timeout(p), p.task.timeoutMs); }
+  }
+
+  /** The begins a chunk's thread stored since last looked at, in the chunk's order. */
+  private readBegins(chunk: Chunk): void {
+    for (const p of chunk.tasks) {
+      if (!p.begun && !p.settled && p.chunk === chunk && Atomics.load(this.begunSlots, p.run & SLOT_MASK) === p.run) this.begin(p);
+    }
+  }
+
+  /** While chunks run, read their begins every BEGIN_POLL_MS (a shard may run long, and its timeout starts at its begin). */
+  private pollBegins(): void {
+    if (this.beginPoll) return;
+    this.beginPoll = setInterval(() => {
+      let any = false;
+      for (const c of this.chunks) {
+        if (c.over || c.tasks.length < 2) continue;
+        any = true;
+        this.readBegins(c);
+      }
+      if (!any) { clearInterval(this.beginPoll); this.beginPoll = undefined; }
+    }, BEGIN_POLL_MS);
+    this.beginPoll.unref();
   }
 
   /** A shard's run time (in its thread): short shards are batched, long ones are not. */
@@ -288,10 +323,10 @@ export class RunnerWorker extends EventEmitter {
     const b = this.batch;
     if (!b || !this.short) return 1;
     const byTime = Math.max(1, Math.floor(b.chunkMs / Math.max(this.ewmaMs, 0.001)));
-    return Math.max(1, Math.min(b.maxChunk, byTime, Math.ceil(this.ready.length / this.threads)));
+    return Math.max(1, Math.min(b.maxChunk, byTime, Math.ceil(this.ready.length / Math.max(1, this.free))));
   }
 
-  private runTask(body: unknown, attempt: number, checkpoint: unknown, signal: AbortSignal, save: (state: unknown) => Promise<void>): Promise<void> {
+  private runTask(body: unknown, attempt: number, ctx: HandlerContext): Promise<void> {
     let task = readTask(body);
     if (!task) {
       const parsed = TaskSchema.safeParse(body);
@@ -303,10 +338,16 @@ export class RunnerWorker extends EventEmitter {
     const t = task;
     return new Promise<void>((resolve, reject) => {
       const p: Pending = {
-        run: 0, event: { job: t.job, shard: t.shard.id, attempt }, task: t, attempt, checkpoint, signal, save, resolve, reject,
-        onAbort: () => this.aborted(p), chunk: undefined, begun: false, settled: false, timedOut: false, timer: undefined,
+        run: 0, event: { job: t.job, shard: t.shard.id, attempt }, task: t, attempt, checkpoint: ctx.checkpoint, aborted: false, abortReason: undefined,
+        ctx, resolve, reject, chunk: undefined, begun: false, settled: false, timedOut: false, timer: undefined,
       };
-      signal.addEventListener('abort', p.onAbort, { once: true });
+      // A callback, not ctx.signal: an AbortSignal and its listener per task cost more than the rest of the hand-off.
+      // (Not removed on settle: the listener goes with the delivery, and `aborted` ignores a settled task.)
+      ctx.onAbort((reason) => {
+        p.aborted = true;
+        p.abortReason = reason;
+        this.aborted(p);
+      });
       this.ready.push(p);
       // After the current turn: every delivery of one fetch is then ready, and goes out in as few chunks as fit.
       if (!this.pumpScheduled) {
@@ -367,7 +408,7 @@ export class RunnerWorker extends EventEmitter {
     p.begun = false;
     clearTimeout(p.timer);
     p.timer = undefined;
-    if (p.signal.aborted) { this.settle(p); p.reject(p.signal.reason); } // the consumer gave it up already
+    if (p.aborted) { this.settle(p); p.reject(p.abortReason); } // the consumer gave it up already
     else if (this.draining) { this.settle(p); p.reject(handBackError()); }
     else this.ready.unshift(p);
   }
@@ -383,6 +424,7 @@ export class RunnerWorker extends EventEmitter {
       p.run = run;
       p.chunk = chunk;
       Atomics.store(this.slots, run & SLOT_MASK, run);
+      if (tasks.length > 1) Atomics.store(this.begunSlots, run & SLOT_MASK, 0);
       this.runs.set(run, p);
       inputs[i] = { task: p.task, run, attempt: p.attempt, checkpoint: p.checkpoint as ThreadTask['checkpoint'] };
     }
@@ -398,7 +440,11 @@ export class RunnerWorker extends EventEmitter {
       }, total);
     }
     const input: ThreadInput = { tasks: inputs, slots: this.slots, control: this.controlName };
-    if (tasks.length > 1) input.resultWaitMs = 2 * this.batch!.chunkMs;
+    if (tasks.length > 1) {
+      input.resultWaitMs = 2 * this.batch!.chunkMs;
+      input.begun = this.begunSlots;
+      this.pollBegins();
+    }
     if (this.options.cache) input.cache = this.options.cache;
     this.pool.run(input, { signal: chunk.kill }).then(() => this.chunkOver(chunk, undefined), (e: unknown) => this.chunkOver(chunk, e));
   }
@@ -441,7 +487,7 @@ export class RunnerWorker extends EventEmitter {
   /** The consumer aborted the task (lease lost, or closed past its grace). */
   private aborted(p: Pending): void {
     if (p.settled) return;
-    const reason: unknown = p.signal.reason;
+    const reason = p.abortReason;
     if (!p.chunk) {
       const i = this.ready.indexOf(p);
       if (i >= 0) this.ready.splice(i, 1);
@@ -464,7 +510,6 @@ export class RunnerWorker extends EventEmitter {
     p.settled = true;
     clearTimeout(p.timer);
     p.timer = undefined;
-    p.signal.removeEventListener('abort', p.onAbort);
     const chunk = p.chunk;
     if (!chunk) return;
     this.runs.delete(p.run);
@@ -477,8 +522,8 @@ export class RunnerWorker extends EventEmitter {
   private fail(p: Pending, e: unknown): void {
     const error = p.timedOut ? Object.assign(new Error(`shard ${p.task.shard.id} timed out after ${p.task.timeoutMs} ms; its thread was terminated`), { name: 'TimeoutError' }) : e;
     // Aborted because the worker is closing: the consumer hands the task back (not an attempt), so not `failed`.
-    const reason: unknown = p.signal.reason;
-    const handedBack = !p.timedOut && p.signal.aborted && reason instanceof Error && (reason as { code?: unknown }).code === 'CLOSED';
+    const reason = p.abortReason;
+    const handedBack = !p.timedOut && p.aborted && reason instanceof Error && (reason as { code?: unknown }).code === 'CLOSED';
     this.settle(p);
     this.emit(handedBack ? 'released' : 'failed', { ...p.event, error });
     p.reject(error);
@@ -486,6 +531,7 @@ export class RunnerWorker extends EventEmitter {
 
   /** A chunk's pool.run settled: its thread is free, or it died (terminated by a timeout or an abort, or it exited). */
   private chunkOver(chunk: Chunk, error: unknown): void {
+    if (chunk.tasks.length > 1) this.readBegins(chunk);
     chunk.over = true;
     clearTimeout(chunk.deadline);
     this.free++;
@@ -514,7 +560,7 @@ export class RunnerWorker extends EventEmitter {
           if (p === culprit) {
             // Terminated (its timeout or abort), or the consumer gave it up already (closing: the pool is being
             // destroyed under it): nothing to wait for.
-            if (chunk.kill.aborted || p.signal.aborted) this.fail(p, error);
+            if (chunk.kill.aborted || p.aborted) this.fail(p, error);
             // The thread died under it (e.g. process.exit in the handler): wait for the messages it posted before
             // (checkpoints, saved with the retry).
             else setTimeout(() => { if (!p.settled) this.fail(p, error); }, END_WAIT_MS);

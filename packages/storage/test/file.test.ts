@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileStore, MOUNT_KINDS, openStore } from '@lading/storage';
+import { FileStore, MOUNT_KINDS, detectMount, isBlockLocal, openStore } from '@lading/storage';
 import { collect, describeBlobStoreContract, digestOf, expectCode, keysOf, slowStream } from './contract.js';
 
 const tmpStore = async (profile?: string) => {
@@ -55,6 +55,20 @@ describe('file driver', () => {
     expect(await readdir(outside)).toEqual(['secret.txt']);
     expect(await readFile(join(outside, 'secret.txt'), 'utf8')).toBe('secret');
     expect(await store.stat('stolen')).toBeUndefined();
+  });
+
+  it('stats the same through a synchronous call (local disk) and the thread pool (network profiles)', async () => {
+    const { mount } = await detectMount(root);
+    expect(store.profile.syncStat).toBe(isBlockLocal(mount?.fsType)); // ext4 / overlay / tmpfs here: the synchronous path
+    const pooled = await FileStore.open(root, { profile: 'nfs' });
+    expect(pooled.profile.syncStat).toBe(false);
+    for (const s of [store, pooled]) {
+      expect(await s.stat('real/missing')).toBeUndefined();
+      expect(await s.stat('real/inside.txt/under-a-file')).toBeUndefined(); // ENOTDIR
+      expect(await s.stat('real')).toBeUndefined(); // a directory is not an object
+      expect(await s.stat('real/inside.txt')).toMatchObject({ key: 'real/inside.txt', size: 6 });
+      await expectCode(() => s.stat('file-out'), 'UNSAFE_KEY');
+    }
   });
 
   it('lists no link that leads outside, but follows links inside', async () => {

@@ -65,6 +65,14 @@ describe('mount profiles', () => {
       expect(p.parallelReads).toBeGreaterThan(1);
     }
   });
+
+  it('stats synchronously only on a local profile over a block-local file system', () => {
+    for (const fs of ['ext4', 'xfs', 'btrfs', 'zfs', 'tmpfs', 'overlay']) expect(mountProfile('local', fs).syncStat).toBe(true);
+    // Server-backed file systems that detect as `local` (no profile of their own), and unknown mounts.
+    for (const fs of ['gpfs', 'ceph', 'beegfs', 'fuse.sshfs', 'fuse.gcsfuse', 'cifs', undefined]) expect(mountProfile('local', fs).syncStat).toBe(false);
+    // A forced network profile over a local disk keeps the network behaviour (the contract suite runs each profile here).
+    for (const k of ['nfs', 'lustre', 'daos'] as const) expect(mountProfile(k, 'ext4').syncStat).toBe(false);
+  });
 });
 
 describe('detectMountKind on this machine', () => {

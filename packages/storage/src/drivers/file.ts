@@ -7,13 +7,13 @@
  * refuses symlinks that lead out of it.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { constants as fsConstants, read as fsRead, type BigIntStats, type Dirent } from 'node:fs';
+import { constants as fsConstants, read as fsRead, statSync, type BigIntStats, type Dirent } from 'node:fs';
 import { copyFile, link, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { addAbortSignal, type Readable } from 'node:stream';
 import { LadingError } from '@lading/core';
 import { TEMP_PREFIX, checkKey, checkPrefix, isSafeKey } from '../keys.js';
-import { detectMountKind, mountProfile, realpathOrAncestor, type MountKind, type MountProfile } from '../mounts.js';
+import { detectMount, mountProfile, realpathOrAncestor, type MountKind, type MountProfile } from '../mounts.js';
 import type { BlobStore, ListOptions, ObjectStat, ReadOptions, WriteOptions, WriteResult } from '../port.js';
 import { ObjectDigest, asBuffer, checkRange, clampRange, emptyStream, mismatch, parseChecksum, rangedStream, toReadable, verifyRead } from '../streams.js';
 import type { FileAddress } from '../uri.js';
@@ -134,7 +134,9 @@ export class FileStore implements BlobStore {
   static async open(address: FileAddress | string, options: FileStoreOptions = {}): Promise<FileStore> {
     const root = resolve(typeof address === 'string' ? address : address.path);
     const forced = options.profile ?? (typeof address === 'string' ? undefined : address.profile);
-    return new FileStore(root, mountProfile(forced ?? (await detectMountKind(root))), forced !== undefined);
+    // Detected even when the profile is forced: the file system type under the root still decides `syncStat`.
+    const { kind, mount } = await detectMount(root);
+    return new FileStore(root, mountProfile(forced ?? kind, mount?.fsType), forced !== undefined);
   }
 
   private where(op: string): string {
@@ -207,13 +209,15 @@ export class FileStore implements BlobStore {
     checkKey(key);
     // Existence first: a missing key (the runner's commit-marker check, most of the time) costs one system
     // call instead of resolving every missing parent. Only what exists must prove it is inside the root.
-    let st: BigIntStats;
+    let st: BigIntStats | undefined;
     try {
-      st = await stat(join(this.root, key), { bigint: true });
+      const path = join(this.root, key);
+      st = this.profile.syncStat ? statSync(path, { bigint: true, throwIfNoEntry: false }) : await stat(path, { bigint: true });
     } catch (e) {
       if (isMissing(e)) return undefined;
       throw this.fail('stat', key, e);
     }
+    if (!st) return undefined;
     await this.pathOf(key, true);
     return st.isFile() ? toStat(key, st) : undefined;
   }
