@@ -31,6 +31,13 @@ export interface WriteOptions {
   sizeHint?: number;
   /** Fail with CONFLICT instead of replacing an existing object. */
   ifNoneMatch?: boolean;
+  /**
+   * Default true: on a file store the object (its bytes and its name) is flushed to disk before the write
+   * resolves. false: still atomic (readers see the whole object or none), but a crash of the machine soon after
+   * may lose it or leave it empty: for objects whose loss only means work done again (the runner's commit
+   * markers, written after their outputs were flushed). Object stores ignore it (a PUT is durable when it returns).
+   */
+  durable?: boolean;
   signal?: AbortSignal;
 }
 

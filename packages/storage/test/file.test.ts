@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { FileStore, MOUNT_KINDS, detectMount, isBlockLocal, openStore } from '@lading/storage';
 import { collect, describeBlobStoreContract, digestOf, expectCode, keysOf, slowStream } from './contract.js';
 
@@ -111,6 +112,26 @@ describe('file driver', () => {
     await writing;
     expect(await keysOf(store, 'tmpdemo/')).toEqual(['tmpdemo/done', 'tmpdemo/slow']);
     expect((await readdir(join(root, 'tmpdemo'))).filter((n) => n.startsWith('.lading-tmp-'))).toEqual(['.lading-tmp-cafe']);
+  });
+
+  it('flushes a write (file and directory) unless it is asked not to; both are atomic', async () => {
+    // A spy on the real FileHandle.sync (it still syncs): counts the flushes each write makes.
+    const probe = await open(join(root, 'real', 'inside.txt'), 'r');
+    const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> };
+    await probe.close();
+    const sync = vi.spyOn(proto, 'sync');
+    try {
+      await store.write('flush/durable', 'kept');
+      expect(sync).toHaveBeenCalledTimes(2); // the file's bytes, then its directory entry
+      sync.mockClear();
+      const r = await store.write('flush/marker', 'maybe lost in a crash', { durable: false });
+      expect(sync).not.toHaveBeenCalled();
+      expect(r).toMatchObject({ size: 21, checksum: `sha256:${createHash('sha256').update('maybe lost in a crash').digest('hex')}` });
+    } finally {
+      sync.mockRestore();
+    }
+    expect((await collect(await store.read('flush/marker'))).toString()).toBe('maybe lost in a crash');
+    expect((await readdir(join(root, 'flush'))).sort()).toEqual(['durable', 'marker']); // no temp file left
   });
 
   it('sweeps old temp files left by dead writers, not fresh ones', async () => {

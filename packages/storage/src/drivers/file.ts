@@ -267,7 +267,8 @@ export class FileStore implements BlobStore {
       if (expected !== undefined && expected !== sha256) {
         throw mismatch(this.where('write'), key, `the bytes hash to sha256:${sha256}, expected sha256:${expected}`);
       }
-      await fh.sync(); // data on disk before the name points at it, or a crash could expose an empty file
+      const durable = options.durable !== false;
+      if (durable) await fh.sync(); // data on disk before the name points at it, or a crash could expose an empty file
       const st = await fh.stat({ bigint: true });
       await fh.close();
       fh = undefined;
@@ -278,7 +279,7 @@ export class FileStore implements BlobStore {
         await rename(tmp, path);
       }
       tmp = undefined;
-      await syncDir(dir);
+      if (durable) await syncDir(dir);
       return { key, size, etag: etagOf(st), checksum: `sha256:${sha256}` };
     } catch (e) {
       src.destroy();
