@@ -20,7 +20,7 @@ test('SIGTERM with a long enough grace: the running shard finishes and is acked,
   fx = await fixture('drain');
   const { queueUri, workers } = fx;
   const job = await slowJob(fx, 2000);
-  const a = await startWorkerProcess(queueUri, { WORKER_GRACE_MS: 10_000 });
+  const a = await startWorkerProcess(queueUri, { WORKER_GRACE_MS: 30_000 });
   workers.push(a);
   const begin = await a.waitFor((e) => e.event === 'log' && e.message === 'begin slow.txt attempt 0');
   const slowShard = begin.shard!;
@@ -31,7 +31,9 @@ test('SIGTERM with a long enough grace: the running shard finishes and is acked,
   const exit = await a.exited;
   const tookMs = Date.now() - termAt;
   expect(exit).toEqual({ code: 0, signal: null });
-  expect(tookMs).toBeLessThan(5000);
+  // It exits once its shard is done (~2 s), not at the end of the grace: a bound far from both, so a loaded
+  // machine cannot fail it, while a drain that sat out its grace would.
+  expect(tookMs).toBeLessThan(20_000);
   const final = await job.wait({ pollMs: 50 });
   expect(final).toMatchObject({ finished: true, ok: true, done: 3, hospital: 0 });
 
