@@ -134,6 +134,31 @@ describe('file driver', () => {
     expect((await readdir(join(root, 'flush'))).sort()).toEqual(['durable', 'marker']); // no temp file left
   });
 
+  it('writes whole aligned chunks on Lustre whatever the source yields, and a small body in one write', async () => {
+    const lustre = await FileStore.open(root, { profile: 'lustre' });
+    const chunk = lustre.profile.ioChunkBytes;
+    const probe = await open(join(root, 'real', 'inside.txt'), 'r');
+    const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<{ bytesWritten: number }> };
+    await probe.close();
+    const write = vi.spyOn(proto, 'write'); // the real write, counted
+    try {
+      // Odd pieces, one larger than a chunk, straddling chunk boundaries: 10 MiB + 12345 bytes in all.
+      const sizes = [100_000, 3 * 1024 * 1024, chunk + 77, 999, 3 * 1024 * 1024 - 100_000 - 77 - 999 + 12_345];
+      const pieces = sizes.map((n, i) => Buffer.alloc(n, i + 1));
+      const total = sizes.reduce((a, n) => a + n, 0);
+      await lustre.write('aligned/big', Readable.from(pieces));
+      const lengths = write.mock.calls.map((c) => (c[2] as number | undefined) ?? (c[0] as Buffer).length);
+      expect(lengths.reduce((a, n) => a + n, 0)).toBe(total);
+      for (const n of lengths.slice(0, -1)) expect(n % chunk).toBe(0); // every write but the tail is whole chunks
+      expect((await collect(await lustre.read('aligned/big'))).equals(Buffer.concat(pieces))).toBe(true);
+      write.mockClear();
+      await lustre.write('aligned/small', 'tiny');
+      expect(write).toHaveBeenCalledTimes(1);
+    } finally {
+      write.mockRestore();
+    }
+  });
+
   it('sweeps old temp files left by dead writers, not fresh ones', async () => {
     await mkdir(join(root, 'sweep'), { recursive: true });
     await writeFile(join(root, 'sweep', '.lading-tmp-old'), 'x');
