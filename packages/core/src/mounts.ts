@@ -114,9 +114,7 @@ const MOUNTINFO = '/proc/self/mountinfo';
 
 /** Mount kind of `path` (need not exist yet). 'local' where /proc is unavailable (macOS, containers without it). */
 export async function detectMountKind(path: string): Promise<MountKind> {
-  const real = await realpathOrAncestor(path);
-  const text = await readFile(MOUNTINFO, 'utf8').catch(() => '');
-  return mountKindFor(text, real);
+  return (await detectMount(path)).kind;
 }
 
 /** The mount holding `path` (need not exist yet) and its kind; no mount where /proc is unavailable. */
