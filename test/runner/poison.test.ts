@@ -2,10 +2,13 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect, test } from 'vitest';
 import { parseJobSpec, submit } from '@lading/runner';
-import { HANDLER, allEvents, fixture, startWorkerProcess, type Fixture, type WorkerProcess } from './helpers.js';
+import { HANDLER, allEvents, fixture, spawnWorker, startWorkerProcess, type Fixture, type WorkerProcess } from './helpers.js';
 
 let fx: Fixture | undefined;
+let sup: { stop(): void; ready: Promise<void> } | undefined;
 afterEach(async () => {
+  sup?.stop(); // first: no replacement may start while the cleanup kills the workers
+  sup = undefined;
   await fx?.cleanup();
   fx = undefined;
 });
@@ -22,7 +25,8 @@ function supervise(f: Fixture, n: number, env: Record<string, string | number> =
   const keep = async (w: WorkerProcess): Promise<void> => {
     await w.exited;
     if (stopped) return;
-    const next = await startWorkerProcess(f.queueUri, env);
+    // Registered as soon as it is spawned, not once ready: the cleanup must kill a replacement still starting.
+    const next = spawnWorker(f.queueUri, env);
     f.workers.push(next);
     void keep(next);
   };
@@ -71,7 +75,7 @@ test('a shard that kills its worker process is redelivered to other workers, the
   await queue.createTopic('lading.tasks', { leaseMs: 1000, maxAttempts: 3 });
   const spec = parseJobSpec({ handler: HANDLER, inputs: [`file:${inDir}/*.txt`], output: `file:${outDir}`, params: { mode: 'files', crash: 'f2.txt', exitThread: 'f4.txt' }, retries: { maxAttempts: 3, backoff: fastBackoff } });
   const job = await submit(spec, { queue, store });
-  const sup = supervise(fx, 2);
+  sup = supervise(fx, 2);
   await sup.ready;
   const final = await job.wait({ pollMs: 100 });
   sup.stop();
@@ -104,7 +108,7 @@ test('lease-expiry poison honours the job\'s retries.maxAttempts (header lading-
   await queue.createTopic('lading.tasks', { leaseMs: 300 }); // topic default maxAttempts: 5
   const spec = parseJobSpec({ handler: HANDLER, inputs: [`file:${inDir}/*.txt`], output: `file:${outDir}`, params: { mode: 'files', crash: 'f0.txt' }, retries: { maxAttempts: 2, backoff: fastBackoff } });
   const job = await submit(spec, { queue, store });
-  const sup = supervise(fx, 2);
+  sup = supervise(fx, 2);
   await sup.ready;
   await job.wait({ pollMs: 100 });
   sup.stop();
