@@ -57,22 +57,26 @@ export type EtagForm = 'both' | 'parts' | 'whole';
 /** Running digests of an object's bytes: sha256 always; MD5s when the backend's ETag is to be checked too. */
 export class ObjectDigest {
   size = 0;
-  private readonly sha = createHash('sha256');
+  private readonly sha: Hash | undefined;
   private readonly md5: Hash | undefined;
   private part: Hash | undefined;
   private partBytes = 0;
   private readonly partDigests: Buffer[] = [];
   private readonly partSize: number | undefined;
 
-  /** `partSize`: compute MD5s for ETag checks with parts of this size (as lib-storage cuts them). */
-  constructor(partSize?: number, form: EtagForm = 'both') {
+  /**
+   * `partSize`: compute MD5s for ETag checks with parts of this size (as lib-storage cuts them). `knownSha256`:
+   * the sha256 of an in-memory body, hashed by the caller already; not hashed a second time.
+   */
+  constructor(partSize?: number, form: EtagForm = 'both', private readonly knownSha256?: string) {
+    this.sha = knownSha256 === undefined ? createHash('sha256') : undefined;
     this.md5 = partSize !== undefined && form !== 'parts' ? createHash('md5') : undefined;
     this.partSize = form === 'whole' ? undefined : partSize;
   }
 
   update(b: Buffer): void {
     this.size += b.length;
-    this.sha.update(b);
+    this.sha?.update(b);
     this.md5?.update(b);
     const partSize = this.partSize;
     if (partSize === undefined) return;
@@ -91,7 +95,7 @@ export class ObjectDigest {
   }
 
   finish(): DigestResult {
-    const out: DigestResult = { size: this.size, sha256: this.sha.digest('hex') };
+    const out: DigestResult = { size: this.size, sha256: this.knownSha256 ?? this.sha!.digest('hex') };
     if (this.md5 !== undefined) out.md5 = this.md5.digest('hex');
     if (this.partSize !== undefined) {
       if (this.part !== undefined) this.partDigests.push(this.part.digest());
@@ -111,9 +115,9 @@ export class ObjectDigest {
 export class DigestStream extends Transform {
   readonly digest: ObjectDigest;
   result: DigestResult | undefined;
-  constructor(private readonly opts: { where: string; key: string; expectedSha256?: string | undefined; partSize?: number | undefined; etagForm?: EtagForm; onDigest?: (r: DigestResult) => void }) {
+  constructor(private readonly opts: { where: string; key: string; expectedSha256?: string | undefined; knownSha256?: string | undefined; partSize?: number | undefined; etagForm?: EtagForm; onDigest?: (r: DigestResult) => void }) {
     super();
-    this.digest = new ObjectDigest(opts.partSize, opts.etagForm);
+    this.digest = new ObjectDigest(opts.partSize, opts.etagForm, opts.knownSha256);
   }
   override _transform(chunk: unknown, _enc: BufferEncoding, cb: TransformCallback): void {
     const b = asBuffer(chunk);

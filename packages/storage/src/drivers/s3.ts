@@ -228,12 +228,19 @@ export class S3Store implements BlobStore {
     // sha256 metadata must be in the first request. Known up front: in-memory bodies, expectedChecksum. For a
     // stream it is filled in when the stream ends, which is still before a single-part PUT is sent (lib-storage
     // buffers the only part); a multipart object started earlier goes without it.
+    // An in-memory body is hashed once, here, and checked against `expected` before any request; the upload's
+    // digest then computes only the MD5s.
+    let known: string | undefined;
+    if (typeof body === 'string' || body instanceof Uint8Array) {
+      known = createHash('sha256').update(body).digest('hex');
+      if (expected !== undefined && expected !== known) throw mismatch(where, key, `the bytes hash to sha256:${known}, expected sha256:${expected}`);
+    }
     const Metadata: Record<string, string> = {};
-    if (expected !== undefined) Metadata['sha256'] = expected;
-    else if (typeof body === 'string' || body instanceof Uint8Array) Metadata['sha256'] = createHash('sha256').update(body).digest('hex');
+    const upFront = known ?? expected;
+    if (upFront !== undefined) Metadata['sha256'] = upFront;
     const partSize = this.partSizeFor(options.sizeHint);
     const digest = new DigestStream({
-      where, key, expectedSha256: expected, partSize: this.o.verifyEtag ? partSize : undefined, etagForm: this.multipartEtag ?? 'both',
+      where, key, expectedSha256: expected, knownSha256: known, partSize: this.o.verifyEtag ? partSize : undefined, etagForm: this.multipartEtag ?? 'both',
       onDigest: (r) => { Metadata['sha256'] ??= r.sha256; },
     });
     const src = toReadable(body);
